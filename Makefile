@@ -1,0 +1,52 @@
+# bootgen: `make demo` and `make test` install what is missing, then do their job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BOOTGEN := $(VENV)/bin/bootgen
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tool and its tests use (the host's systemd, busybox, cryptsetup, kernel, QEMU).
+APT_PACKAGES := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static systemd udev kmod \
+	cryptsetup-bin dropbear-bin openssh-client openssh-server shellcheck cpio fdisk e2fsprogs \
+	zstd xz-utils lz4 python3-venv
+PYTEST_ARGS ?=
+OUT := out
+
+.PHONY: setup apt venv demo test lint docs clean
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "== installing Debian packages:" $$missing; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "== Debian packages: all present"; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "== creating $(VENV) with bootgen and its test tools"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	@mkdir -p $(OUT)
+	$(BOOTGEN) build examples/minimal.toml -o $(OUT)/minimal.img --manifest $(OUT)/minimal.json
+	$(BOOTGEN) ls $(OUT)/minimal.img | head -n 40
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check bootgen tests benchmarks
+	$(VENV)/bin/mypy bootgen
+
+docs: venv
+	$(VENV)/bin/python -m bootgen.docs > docs/config.md
+
+clean:
+	rm -rf $(OUT) build dist

@@ -1,0 +1,153 @@
+"""The `bootgen` command line. Turns BootgenErrors into one-line messages and exit codes:
+0 ok, 1 build/boot failure, 2 usage or description error; `--debug` shows tracebacks."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, config, inspect
+from .errors import BootgenError
+from .schema import FLAVORS
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _progress(msg: str) -> None:
+    click.echo(f"  … {msg}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BootgenError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(e.format(), err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(__version__, prog_name="bootgen")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Generate, inspect and boot-test initrds from a declarative host description."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+flavor_option = click.option("--flavor", type=click.Choice(FLAVORS),
+                             help="Stage-one flavour (default: boot.flavor of the description).")
+kver_option = click.option("--kernel-version", "kver", metavar="KVER",
+                           help="Kernel release (default: kernel.version or the newest installed).")
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the image.")
+@flavor_option
+@kver_option
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the bill of materials (JSON) here.")
+@click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write secrets as a separate archive instead of appending them.")
+def build(host: Path, output: Path, flavor: str | None, kver: str | None,
+          manifest_path: Path | None, secrets_out: Path | None) -> None:
+    """Build the initrd for HOST (a .toml description)."""
+    from .build import build as do_build
+
+    desc = config.load(host)
+    r = do_build(desc, output=output, flavor=flavor, kver=kver, manifest_path=manifest_path,
+                 secrets_out=secrets_out, progress=_progress)
+    spec = r.image.spec
+    files = sum(1 for e in r.image.entries if e.kind == "file")
+    click.echo(f"built {output}  ({spec.flavor} stage one, kernel {spec.kver})")
+    click.echo(f"  entries   {r.packed.members} ({files} files, {len(r.image.modules)} kernel "
+               f"modules, {r.elf_checked} ELF files checked)")
+    click.echo(f"  size      {_mb(r.packed.raw_size)} raw, {_mb(len(r.packed.main))} "
+               f"{spec.compression}" + (f", +{_mb(len(r.packed.early))} microcode"
+                                        if r.packed.early else "")
+               + (f", +{len(r.packed.secrets)} bytes secrets" if r.packed.secrets else ""))
+    click.echo(f"  features  {', '.join(spec.features)}")
+    click.echo(f"  sha256    {r.sha256}")
+    click.echo(f"  time      {r.seconds:.2f} s")
+    for w in r.image.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@flavor_option
+@kver_option
+def show(host: Path, flavor: str | None, kver: str | None) -> None:
+    """Show the resolved description and what the image will contain, and why."""
+    from .build import kernel_version
+    from .plan import plan
+    from .render import modules_to_load, render
+    from .resolve import resolve
+
+    desc = config.load(host)
+    spec = plan(desc, flavor=flavor, kver=kernel_version(desc, kver))
+    image = resolve(spec, render(spec))
+    click.echo(f"host        {host}")
+    click.echo(f"flavor      {spec.flavor}")
+    click.echo(f"kernel      {spec.kver}")
+    click.echo(f"compression {spec.compression}")
+    click.echo(f"features    {', '.join(spec.features)}")
+    for fs in desc.boot_filesystems:
+        click.echo(f"mount       {fs.device} on {fs.mountpoint} ({fs.fstype}, "
+                   f"{','.join(fs.options) or 'defaults'})")
+    click.echo(f"load        {' '.join(modules_to_load(spec)) or '-'}")
+    click.echo(f"modules     {len(image.modules)} in the image"
+               + (f"; built in: {' '.join(image.builtin_modules)}" if image.builtin_modules
+                  else ""))
+    click.echo("contents:")
+    for e in image.entries:
+        extra = f" -> {e.target}" if e.kind == "symlink" else ""
+        click.echo(f"  {e.path}{extra}    [{e.reason}]")
+    for w in image.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@main.command(name="ls")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+def ls_cmd(image: Path) -> None:
+    """List the contents of any newc initrd, segment by segment."""
+    for line in inspect.ls_lines(inspect.read(image)):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+def diff(a: Path, b: Path) -> None:
+    """What differs between two images (and why, from manifests beside them). Exit 1 if any."""
+    lines = inspect.diff_lines(a, b)
+    for line in lines:
+        click.echo(line)
+    if lines:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+def check(host: Path) -> None:
+    """Validate a host description without building."""
+    config.load(host)
+    click.echo(f"{host}: ok")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,48 @@
+"""rescue: accounts and the password check for the rescue/emergency shell (both flavours).
+
+Policy, the same in both flavours: with `root_password_hash` the shell asks for that password
+(util-linux sulogin); with `allow_passwordless` it opens without one; otherwise the root account
+stays locked and stage one says how to enable the shell instead of dead-ending.
+"""
+
+from __future__ import annotations
+
+from ..schema import Host
+from ..spec import Contribution, Generated, Program
+from . import Context, Feature
+
+LOCKED_HINT = ("rescue shell is locked: set rescue.root_password_hash or "
+               "rescue.allow_passwordless = true in the host description")
+
+
+def shadow_field(host: Host) -> str:
+    if host.rescue.root_password_hash:
+        return host.rescue.root_password_hash
+    return "" if host.rescue.allow_passwordless else "*"
+
+
+def shell_access(host: Host) -> str:
+    """'password', 'open' or 'locked'."""
+    if host.rescue.root_password_hash:
+        return "password"
+    return "open" if host.rescue.allow_passwordless else "locked"
+
+
+def contribute(host: Host, ctx: Context) -> Contribution:
+    return Contribution(
+        programs=(Program("/usr/sbin/sulogin"),),
+        generated=(
+            Generated("/etc/passwd", content=b"root:x:0:0:root:/root:/bin/sh\n"),
+            Generated("/etc/shadow", content=f"root:{shadow_field(host)}:19000:0:99999:7:::\n"
+                      .encode(), mode=0o600),
+            Generated("/etc/group", content=b"root:x:0:\ntty:x:5:\ndisk:x:6:\n"),
+        ),
+    )
+
+
+FEATURE = Feature(
+    name="rescue",
+    doc="root account and sulogin for the rescue shell, per [rescue]",
+    applies=lambda host, ctx: True,
+    contribute=contribute,
+)

@@ -1,0 +1,73 @@
+"""scripted: the legacy flavour, one POSIX shell /init run by busybox (busybox-static).
+
+Hotplug is busybox's: modaliases found in sysfs are loaded at coldplug and mdev is the kernel's
+hotplug helper afterwards, so devices and their modules appear as with udev. Devices are found
+by LABEL/UUID/PARTUUID/PARTLABEL with util-linux blkid.
+"""
+
+from __future__ import annotations
+
+from ..schema import Host
+from ..spec import Contribution, Generated, Program, Symlink
+from . import Context, Feature
+from .fsck import checked_types
+from .rescue import LOCKED_HINT, shell_access
+
+BUSYBOX = "/usr/bin/busybox"
+
+# Applets linked into the image: what /init runs, plus a usable rescue shell.
+APPLETS_BIN = (
+    "awk", "cat", "chroot", "cp", "cttyhack", "cut", "date", "dd", "df", "dmesg", "echo",
+    "env", "false", "find", "grep", "head", "hexdump", "kill", "less", "ln", "ls", "mkdir",
+    "mknod", "more", "mount", "mv", "ps", "readlink", "rm", "rmdir", "sed", "setsid", "sh",
+    "sleep", "sort", "stat", "stty", "sync", "tail", "test", "touch", "tr", "true", "umount",
+    "uname", "vi", "xargs", "[",
+)
+APPLETS_SBIN = (
+    "blockdev", "insmod", "lsmod", "mdev", "modinfo", "modprobe", "poweroff", "reboot",
+    "rmmod", "switch_root",
+)
+
+MDEV_CONF = b"""\
+# bootgen: mdev is the kernel's hotplug helper in the scripted stage one.
+# devtmpfs creates the nodes; mdev only loads the driver a new device asks for.
+$MODALIAS=.* 0:0 660 @modprobe -q -b "$MODALIAS"
+"""
+
+
+def filesystems_view(host: Host) -> list[dict[str, object]]:
+    return [
+        {"mountpoint": fs.mountpoint, "device": fs.device, "fstype": fs.fstype,
+         "options": ",".join(fs.options), "fsck": fs.fsck}
+        for fs in host.boot_filesystems
+    ]
+
+
+def contribute(host: Host, ctx: Context) -> Contribution:
+    view = {
+        "filesystems": filesystems_view(host),
+        "init": host.boot.init,
+        "device_timeout": host.boot.device_timeout,
+        "shell_on_fail": host.rescue.shell_on_fail,
+        "shell_access": shell_access(host),
+        "locked_hint": LOCKED_HINT,
+        "fsck_types": list(checked_types(host)),
+    }
+    links = [Symlink(f"/usr/bin/{a}", "busybox") for a in APPLETS_BIN]
+    links += [Symlink(f"/usr/sbin/{a}", "../bin/busybox") for a in APPLETS_SBIN]
+    return Contribution(
+        programs=(Program(BUSYBOX), Program("/usr/sbin/blkid")),
+        symlinks=tuple(links),
+        generated=(
+            Generated("/init", template="scripts-legacy/init.sh.j2", view=view, mode=0o755),
+            Generated("/etc/mdev.conf", content=MDEV_CONF),
+        ),
+    )
+
+
+FEATURE = Feature(
+    name="scripted",
+    doc="busybox /init shell script (legacy flavour)",
+    applies=lambda host, ctx: ctx.flavor == "scripted",
+    contribute=contribute,
+)

@@ -1,0 +1,168 @@
+"""systemd: the modern flavour, the host's systemd as PID 1 with the upstream initrd unit chain.
+
+Upstream units are copied from the host unchanged; bootgen adds few files of its own, all from
+units/: a generator that mounts the described root on /sysroot unless root= is on the command
+line and turns rd.break= into breakpoints, mount units for the needed-for-boot filesystems, and
+drop-ins for the emergency shell, the device timeout and journald forwarding.
+"""
+
+from __future__ import annotations
+
+from ..schema import Filesystem, Host
+from ..spec import Contribution, Generated, HostFile, Program, Symlink
+from . import Context, Feature
+from .rescue import LOCKED_HINT, shell_access
+
+UNIT_DIR = "/usr/lib/systemd/system"
+
+# The upstream initrd unit chain and what it pulls in.
+UNITS = (
+    "basic.target", "sysinit.target", "sockets.target", "paths.target", "timers.target",
+    "slices.target", "local-fs.target", "local-fs-pre.target", "swap.target",
+    "initrd.target", "initrd-root-device.target", "initrd-root-fs.target", "initrd-fs.target",
+    "initrd-usr-fs.target", "initrd-switch-root.target", "initrd-parse-etc.service",
+    "initrd-cleanup.service", "initrd-switch-root.service", "initrd-udevadm-cleanup-db.service",
+    "emergency.target", "emergency.service", "rescue.target", "rescue.service",
+    "shutdown.target", "final.target", "umount.target", "reboot.target", "poweroff.target",
+    "halt.target", "systemd-reboot.service", "systemd-poweroff.service", "systemd-halt.service",
+    "systemd-journald.service", "systemd-journald.socket", "systemd-journald-dev-log.socket",
+    "systemd-modules-load.service", "systemd-fsck@.service", "systemd-fsck-root.service",
+    "systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service",
+    "kmod-static-nodes.service", "debug-shell.service", "cryptsetup.target",
+    "cryptsetup-pre.target", "remote-fs.target", "remote-fs-pre.target",
+    "systemd-ask-password-console.path", "systemd-ask-password-console.service",
+)
+
+WANTS = {
+    "sysinit.target": ("systemd-journald.service", "systemd-modules-load.service",
+                       "systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service",
+                       "kmod-static-nodes.service", "systemd-ask-password-console.path"),
+    "sockets.target": ("systemd-journald.socket", "systemd-journald-dev-log.socket"),
+}
+
+PROGRAMS = (
+    "/usr/lib/systemd/systemd",
+    "/usr/bin/systemctl",
+    "/usr/lib/systemd/systemd-journald",
+    "/usr/lib/systemd/systemd-modules-load",
+    "/usr/lib/systemd/systemd-fsck",
+    "/usr/lib/systemd/systemd-sulogin-shell",
+    "/usr/lib/systemd/systemd-shutdown",
+    "/usr/bin/systemd-tmpfiles",
+    "/usr/bin/systemd-tty-ask-password-agent",
+    "/usr/lib/systemd/system-generators/systemd-fstab-generator",
+    "/usr/lib/systemd/system-generators/systemd-debug-generator",
+    "/usr/bin/mount",
+    "/usr/bin/umount",
+    "/usr/bin/kmod",
+    "/usr/sbin/modprobe",
+    "/usr/bin/busybox",  # /bin/sh for the emergency and debug shells, and the generator
+)
+
+# busybox applets linked for the emergency shell, when nothing else in the image has the name
+SHELL_APPLETS = (
+    "sh", "cat", "ls", "cp", "mv", "rm", "mkdir", "ln", "grep", "sed", "awk", "head", "tail",
+    "dmesg", "ps", "kill", "less", "vi", "find", "stat", "readlink", "sleep", "echo", "env",
+    "tr", "cut", "sort", "uname", "df", "chroot", "xargs", "hexdump", "true", "false", "test",
+)
+
+
+def escape_path(path: str) -> str:
+    """systemd-escape --path."""
+    p = path.strip("/")
+    if not p:
+        return "-"
+    out = []
+    for i, ch in enumerate(p):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def device_node(device: str) -> str:
+    """The udev path systemd uses for a device reference (LABEL=x → /dev/disk/by-label/x)."""
+    for prefix, d in (("LABEL=", "by-label"), ("UUID=", "by-uuid"),
+                      ("PARTUUID=", "by-partuuid"), ("PARTLABEL=", "by-partlabel")):
+        if device.startswith(prefix):
+            value = device[len(prefix):]
+            if prefix in ("UUID=", "PARTUUID="):
+                value = value.lower()
+            return f"/dev/disk/{d}/" + "".join(
+                c if c.isalnum() or c in "#+-.:=@_" else f"\\x{ord(c):02x}" for c in value)
+    return device
+
+
+def mount_view(fs: Filesystem, timeout: int) -> dict[str, object]:
+    what = device_node(fs.device)
+    where = "/sysroot" + (fs.mountpoint if fs.mountpoint != "/" else "")
+    fsck = ""
+    if fs.fsck and fs.fstype in ("ext2", "ext3", "ext4", "vfat", "f2fs") and what.startswith("/dev/"):
+        fsck = f"systemd-fsck@{escape_path(what)}.service"
+    return {
+        "what": what,
+        "where": where,
+        "unit": escape_path(where) + ".mount",
+        "fstype": fs.fstype,
+        "options": ",".join(fs.options),
+        "fsck": fsck,
+        "timeout": timeout,
+        "target": "initrd-root-fs.target" if fs.mountpoint == "/" else "initrd-fs.target",
+    }
+
+
+def contribute(host: Host, ctx: Context) -> Contribution:
+    timeout = host.boot.device_timeout
+    root, *others = host.boot_filesystems
+    root_view = mount_view(root, timeout)
+    files = [HostFile(f"{UNIT_DIR}/{u}") for u in UNITS]
+    generated = [
+        Generated("/usr/lib/systemd/system-generators/bootgen-generator",
+                  template="units/bootgen-generator.sh.j2", mode=0o755,
+                  view={"root": root_view, "init": host.boot.init}),
+        Generated(f"{UNIT_DIR}/bootgen-break@.service", template="units/bootgen-break@.service.j2",
+                  view={"access": shell_access(host), "locked_hint": LOCKED_HINT}),
+        Generated(f"{UNIT_DIR}/emergency.service.d/bootgen.conf",
+                  template="units/emergency-bootgen.conf.j2",
+                  view={"access": shell_access(host), "locked_hint": LOCKED_HINT}),
+        Generated("/etc/systemd/system.conf.d/bootgen.conf", template="units/system.conf.j2",
+                  view={"device_timeout": timeout}),
+        Generated("/etc/systemd/journald.conf.d/bootgen.conf", template="units/journald.conf.j2"),
+        Generated("/etc/modules-load.d/bootgen.conf", template="units/modules-load.conf.j2"),
+    ]
+    links = [Symlink("/init", "usr/lib/systemd/systemd"),
+             Symlink("/usr/lib/systemd/systemd-udevd", "../../bin/udevadm"),
+             Symlink("/etc/systemd/system/default.target", f"{UNIT_DIR}/initrd.target")]
+    for target, units in WANTS.items():
+        links += [Symlink(f"{UNIT_DIR}/{target}.wants/{u}", f"../{u}") for u in units]
+    for fs in others:
+        view = mount_view(fs, timeout)
+        generated.append(Generated(f"{UNIT_DIR}/{view['unit']}", template="units/mount.j2",
+                                   view={"m": view}))
+        links.append(Symlink(f"{UNIT_DIR}/initrd-fs.target.requires/{view['unit']}",
+                             f"../{view['unit']}"))
+    for name, text in host.systemd.units:
+        generated.append(Generated(f"/etc/systemd/system/{name}", content=text.encode(),
+                                   reason="systemd.units"))
+    for unit in host.systemd.wants:
+        links.append(Symlink(f"/etc/systemd/system/initrd.target.wants/{unit}",
+                             f"../{unit}" if any(n == unit for n, _ in host.systemd.units)
+                             else f"{UNIT_DIR}/{unit}", reason="systemd.wants"))
+    links += [Symlink(f"/usr/bin/{a}", "busybox", weak=True) for a in SHELL_APPLETS]
+    return Contribution(
+        programs=tuple(Program(p) for p in PROGRAMS),
+        files=tuple(files),
+        generated=tuple(generated),
+        symlinks=tuple(links),
+    )
+
+
+FEATURE = Feature(
+    name="systemd",
+    doc="systemd as PID 1 with the upstream initrd units (modern flavour)",
+    applies=lambda host, ctx: ctx.flavor == "systemd",
+    contribute=contribute,
+)

@@ -1,0 +1,232 @@
+"""Stage `resolve`: ImageSpec + rendered files -> Image, a sorted list of concrete entries.
+
+Reads the build host (never writes): programs become their ELF closures, kernel module names
+become module files with dependencies, firmware and a regenerated module index, host paths keep
+their symlinks. Every entry says why it is there: "feature → program → library".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable
+
+from . import elf, hostfs, kmod
+from .errors import BuildError
+from .spec import Entry, Generated, Image, ImageSpec, Program
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+
+    def add(self, entry: Entry) -> None:
+        old = self.entries.get(entry.path)
+        if old is None:
+            self.entries[entry.path] = entry
+            return
+        if _same(old, entry):
+            return
+        raise BuildError(
+            f"two different things want {entry.path}: {_describe(old)} and {_describe(entry)}",
+            hint="remove one of them from the description",
+        )
+
+    def add_host(self, path: str, reason: str, root: str) -> None:
+        for item in hostfs.walk(path, root):
+            self.add(_host_entry(item, reason, root))
+
+
+def _same(a: Entry, b: Entry) -> bool:
+    if a.kind != b.kind:
+        return False
+    if a.kind == "dir":
+        return True
+    if a.kind == "symlink":
+        return a.target == b.target
+    if a.kind in ("char", "block"):
+        return a.rdev == b.rdev
+    if a.source is not None and b.source is not None:
+        return os.path.realpath(a.source) == os.path.realpath(b.source)
+    return a.data is not None and a.data == b.data
+
+
+def _describe(e: Entry) -> str:
+    what = e.target if e.kind == "symlink" else (e.source or "generated content")
+    return f"{e.kind} {what} ({e.reason})"
+
+
+def _host_entry(item: hostfs.HostItem, reason: str, root: str) -> Entry:
+    if item.kind == "symlink":
+        return Entry(item.path, "symlink", 0o777, target=item.target, reason=reason)
+    src = item.source or item.path
+    st = os.stat(os.path.join(root, src.lstrip("/")) if root != "/" else src)
+    mode = stat.S_IMODE(st.st_mode)
+    if item.kind == "dir":
+        return Entry(item.path, "dir", mode, reason=reason)
+    return Entry(item.path, "file", mode, source=src, reason=reason)
+
+
+_RULE_PROGRAM = re.compile(r'(?:PROGRAM|IMPORT\{program\}|RUN\{program\}|RUN)\+?="([^"]+)"')
+
+
+def udev_helpers(spec: ImageSpec, root: str) -> list[Program]:
+    """Programs called by the udev rules in the image (absolute, or in /usr/lib/udev)."""
+    helpers: list[Program] = []
+    for f in spec.files:
+        if not f.source.endswith(".rules"):
+            continue
+        path = os.path.join(root, f.source.lstrip("/"))
+        if not os.path.isfile(path):
+            continue
+        with open(path, errors="replace") as fh:
+            for line in fh:
+                if line.lstrip().startswith("#"):
+                    continue
+                for cmd in _RULE_PROGRAM.findall(line):
+                    prog = cmd.split()[0]
+                    if "$" in prog or "%" in prog:
+                        continue
+                    if not prog.startswith("/"):
+                        prog = f"/usr/lib/udev/{prog}"
+                    helpers.append(Program(prog, reason=f"{f.reason} → {f.source}",
+                                           optional=True))
+    return helpers
+
+
+def _programs(spec: ImageSpec, c: _Collector, root: str) -> None:
+    reasons: dict[str, str] = {}
+    roots: list[str] = []
+    pending = list(spec.programs) + udev_helpers(spec, root)
+    while pending:
+        prog = pending.pop(0)
+        try:
+            path = elf.find_program(prog.name, root)
+        except BuildError:
+            if prog.optional:
+                continue
+            raise
+        if path in reasons:
+            continue
+        reasons[path] = f"{prog.reason} → {path}"
+        roots.append(path)
+        interp = elf.script_interpreter(path) if not elf.is_elf(path) else None
+        if interp:
+            pending.append(Program(interp, reason=f"{prog.reason} → {path} (#!)"))
+    preload: list[str] = []
+    for lib in spec.libraries:
+        preload.append(lib.name)
+        reasons.setdefault(lib.name, f"{lib.reason} → dlopen {lib.name}")
+    closure = elf.closure(roots, root=root, preload=preload)
+    for path in roots:
+        c.add_host(path, reasons[path], root)
+    for dep in closure.deps:
+        parent = reasons.get(dep.needed_by, f"needed by {dep.needed_by}")
+        reasons.setdefault(dep.path, f"{parent} → {os.path.basename(dep.soname or dep.path)}")
+        c.add_host(dep.path, reasons[dep.path], root)
+
+
+def _files(spec: ImageSpec, c: _Collector, root: str) -> None:
+    for f in spec.files:
+        host_path = os.path.join(root, f.source.lstrip("/")) if root != "/" else f.source
+        if not os.path.lexists(host_path):
+            if f.optional:
+                continue
+            raise BuildError(f"file not found: {f.source} ({f.reason})",
+                             hint="install the package that provides it or fix the path")
+        if f.target is None or f.target == f.source:
+            if f.secret:
+                raise BuildError(f"secret {f.source} needs a target path")
+            c.add_host(f.source, f.reason, root)
+            continue
+        st = os.stat(host_path)
+        if stat.S_ISDIR(st.st_mode):
+            raise BuildError(f"{f.source} is a directory; give files one by one", hint=f.reason)
+        mode = f.mode if f.mode is not None else stat.S_IMODE(st.st_mode)
+        c.add(Entry(f.target, "file", mode, source=os.path.realpath(host_path), reason=f.reason,
+                    secret=f.secret))
+
+
+def _modules(spec: ImageSpec, c: _Collector, root: str) -> tuple[list[str], list[str], list[str]]:
+    requested: dict[str, str] = {}
+    for m in spec.modules:
+        requested.setdefault(m.name.replace("-", "_"), m.reason)
+    if not requested:
+        return [], [], []
+    closure = kmod.resolve(list(requested), spec.kver, root=root)
+    base = f"/usr/lib/modules/{spec.kver}"
+    for mod in closure.modules:
+        feature = requested.get(mod.name, "")
+        why = f"{feature} → module {mod.name}" if feature else f"module {mod.name} ({mod.reason})"
+        c.add_host(f"{base}/{mod.relpath}", why, root)
+    for fw in closure.firmware:
+        c.add_host(f"/usr/lib/firmware/{fw}", "firmware of a module", root)
+    for name, data in sorted(kmod.index_files(closure, root=root).items()):
+        c.add(Entry(f"{base}/{name}", "file", 0o644, data=data, reason="module index (depmod)"))
+    warnings = [f"firmware {fw} is declared by a module but missing on this host"
+                for fw in closure.missing_firmware]
+    return [m.name for m in closure.modules], list(closure.builtin), warnings
+
+
+def _links(entries: dict[str, Entry]) -> dict[str, str]:
+    return {p: e.target for p, e in entries.items() if e.kind == "symlink" and e.target}
+
+
+def _canonical(entries: dict[str, Entry]) -> dict[str, Entry]:
+    """Rewrite paths whose parent is a symlink in the image (e.g. /lib/x → /usr/lib/x)."""
+    links = _links(entries)
+    out: dict[str, Entry] = {}
+    for path, entry in entries.items():
+        new = _follow_parents(path, links)
+        if new != path and new in out:
+            continue
+        out[new] = Entry(new, entry.kind, entry.mode, entry.source, entry.data, entry.target,
+                         entry.rdev, entry.reason, entry.secret) if new != path else entry
+    return out
+
+
+def _follow_parents(path: str, links: dict[str, str]) -> str:
+    for _ in range(40):
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            prefix = "/" + "/".join(parts[:i])
+            if prefix in links:
+                target = links[prefix]
+                base = target if target.startswith("/") else os.path.join(
+                    os.path.dirname(prefix), target)
+                path = os.path.normpath(os.path.join(base, *parts[i:]))
+                break
+        else:
+            return path
+    raise BuildError(f"symlink loop in the image at {path}")
+
+
+def resolve(spec: ImageSpec, rendered: Iterable[Generated], *, root: str = "/") -> Image:
+    c = _Collector()
+    for d in spec.dirs:
+        c.add(Entry(d.path, "dir", d.mode, reason=d.reason))
+    for n in spec.devnodes:
+        c.add(Entry(n.path, "char" if n.kind == "c" else "block", n.mode,
+                    rdev=(n.major, n.minor), reason=n.reason))
+    _files(spec, c, root)
+    _programs(spec, c, root)
+    modules, builtin, warnings = _modules(spec, c, root)
+    for g in rendered:
+        assert g.content is not None
+        c.add(Entry(g.path, "file", g.mode, data=g.content, reason=g.reason, secret=g.secret))
+    for s in spec.symlinks:
+        if not s.weak:
+            c.add(Entry(s.path, "symlink", 0o777, target=s.target, reason=s.reason))
+    taken = set(_canonical(c.entries))
+    for s in spec.symlinks:
+        if s.weak and _follow_parents(s.path, _links(c.entries)) not in taken:
+            c.add(Entry(s.path, "symlink", 0o777, target=s.target, reason=s.reason))
+    entries = _canonical(c.entries)
+    return Image(
+        spec=spec,
+        entries=tuple(entries[p] for p in sorted(entries)),
+        modules=tuple(sorted(modules)),
+        builtin_modules=tuple(sorted(builtin)),
+        warnings=tuple(warnings) + spec.notes,
+    )
