@@ -139,6 +139,6 @@ def build(
                                      hint="drop --secrets-out")
                 write_atomic(secrets_out, packed.secrets, 0o600)
             if manifest_path is not None:
-                write_atomic(manifest_path, dumps(manifest(image, sha, root=root)).encode())
+                write_atomic(manifest_path, dumps(manifest(image, sha)).encode())
     return BuildResult(output, image, packed, sha, time.perf_counter() - start, elf_checked,
                        tuple(steps.times))

@@ -68,8 +68,8 @@ def _executable(view: ImageView, path: str, what: str) -> None:
 def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> int:
     """Raise BuildError if the image is incomplete; return the number of ELF files checked."""
     members: list[Member] = []
-    for seg in compress.read_image(data):
-        members.extend(seg.members)
+    for segment in compress.read_image(data):
+        members.extend(segment.members)
     view = ImageView(members)
     _executable(view, "/init", "/init")
     _executable(view, init, "init program")
@@ -84,13 +84,14 @@ def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> int:
         try:
             elf = ELFFile(io.BytesIO(m.data))
             interp = None
-            for seg in elf.iter_segments():
-                if seg["p_type"] == "PT_INTERP":
-                    interp = seg.get_interp_name()
+            for ph in elf.iter_segments():
+                if ph["p_type"] == "PT_INTERP":
+                    interp = ph.get_interp_name()  # type: ignore[attr-defined]
             needed: list[str] = []
             for sec in elf.iter_sections():
                 if isinstance(sec, DynamicSection):
-                    needed += [t.needed for t in sec.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+                    needed += [t.needed for t in sec.iter_tags()  # type: ignore[attr-defined]
+                               if t.entry.d_tag == "DT_NEEDED"]
         except ELFError as e:
             raise BuildError(f"{path} in the image is not a valid ELF file: {e}") from e
         checked += 1

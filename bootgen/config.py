@@ -131,8 +131,8 @@ def _convert(tp: Any, v: Any, key: str, name: str, problems: list[BootgenError],
                     out.append((k2, v2))
             return tuple(out)
         if not isinstance(v, list):
-            _problem(problems, name, key, f"expected an array, got {_tname(v)}",
-                     f"write {key.split('.')[-1]} = [{json.dumps(v)}]" if isinstance(v, str) else "")
+            hint = f"write {key.split('.')[-1]} = [{json.dumps(v)}]" if isinstance(v, str) else ""
+            _problem(problems, name, key, f"expected an array, got {_tname(v)}", hint)
             return _BAD
         items = []
         for i, item in enumerate(v):

@@ -11,14 +11,14 @@ from .pack import read_source
 from .spec import Image
 
 
-def manifest(image: Image, image_sha256: str, *, root: str = "/") -> dict[str, Any]:
+def manifest(image: Image, image_sha256: str) -> dict[str, Any]:
     spec = image.spec
     rows = []
     for e in image.entries:
         row: dict[str, Any] = {"path": e.path, "kind": e.kind, "mode": f"{e.mode:04o}",
                                "reason": e.reason}
         if e.kind == "file":
-            data = e.data if e.data is not None else read_source(e, root)
+            data = e.data if e.data is not None else read_source(e)
             row["size"] = len(data)
             if e.secret:
                 row["secret"] = True  # listed, but its content hash would leak information

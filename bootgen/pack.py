@@ -49,17 +49,17 @@ def source_mtime() -> int:
     return int(value) if value.isdigit() else 0
 
 
-def read_source(entry: Entry, root: str = "/") -> bytes:
+def read_source(entry: Entry) -> bytes:
+    """The content of an entry copied from the build host (`source` is a host path)."""
     assert entry.source is not None
-    path = os.path.join(root, entry.source.lstrip("/")) if root != "/" else entry.source
-    with open(path, "rb") as f:
+    with open(entry.source, "rb") as f:
         return f.read()
 
 
-def to_member(entry: Entry, root: str = "/") -> cpio.Member:
+def to_member(entry: Entry) -> cpio.Member:
     mode = _TYPE[entry.kind] | entry.mode
     if entry.kind == "file":
-        data = entry.data if entry.data is not None else read_source(entry, root)
+        data = entry.data if entry.data is not None else read_source(entry)
         return cpio.Member(entry.path.lstrip("/"), mode, data)
     if entry.kind == "symlink":
         return cpio.Member(entry.path.lstrip("/"), mode, (entry.target or "").encode())
@@ -79,8 +79,8 @@ def microcode(root: str = "/") -> bytes:
 
 def pack(image: Image, *, root: str = "/", early_microcode: bool = True) -> Packed:
     mtime = source_mtime()
-    public = [to_member(e, root) for e in image.entries if not e.secret]
-    secret = [to_member(e, root) for e in image.entries if e.secret]
+    public = [to_member(e) for e in image.entries if not e.secret]
+    secret = [to_member(e) for e in image.entries if e.secret]
     raw = cpio.write_newc(public, mtime=mtime)
     spec = image.spec
     main = compress.compress(raw, spec.compression, spec.compression_level)

@@ -60,9 +60,8 @@ def _describe(e: Entry) -> str:
 def _host_entry(item: hostfs.HostItem, reason: str, root: str) -> Entry:
     if item.kind == "symlink":
         return Entry(item.path, "symlink", 0o777, target=item.target, reason=reason)
-    src = item.source or item.path
-    st = os.stat(os.path.join(root, src.lstrip("/")) if root != "/" else src)
-    mode = stat.S_IMODE(st.st_mode)
+    src = item.source or hostfs.host_path(item.path, root)  # a host path, root included
+    mode = stat.S_IMODE(os.stat(src).st_mode)
     if item.kind == "dir":
         return Entry(item.path, "dir", mode, reason=reason)
     return Entry(item.path, "file", mode, source=src, reason=reason)
@@ -111,15 +110,15 @@ def _programs(spec: ImageSpec, c: _Collector, root: str) -> None:
             continue
         reasons[path] = f"{prog.reason} → {path}"
         roots.append(path)
-        interp = elf.script_interpreter(path) if not elf.is_elf(path) else None
+        interp = None if elf.is_elf(path, root) else elf.script_interpreter(path, root)
         if interp:
             pending.append(Program(interp, reason=f"{prog.reason} → {path} (#!)"))
-    preload: list[str] = []
-    for lib in spec.libraries:
-        preload.append(lib.name)
-        reasons.setdefault(lib.name, f"{lib.reason} → dlopen {lib.name}")
-    closure = elf.closure(roots, root=root, preload=preload)
-    for path in roots:
+    closure = elf.closure(roots, root=root, preload=[lib.name for lib in spec.libraries])
+    for path in closure.roots:
+        if path not in reasons:  # a dlopen'd library, resolved from a path or soname
+            lib = next((x for x in spec.libraries
+                        if x.name in (path, os.path.basename(path))), None)
+            reasons[path] = f"{lib.reason} → dlopen {lib.name}" if lib else f"dlopen {path}"
         c.add_host(path, reasons[path], root)
     for dep in closure.deps:
         parent = reasons.get(dep.needed_by, f"needed by {dep.needed_by}")

@@ -44,5 +44,6 @@ def run(
     if check and proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
         detail = ("; ".join(tail)) if tail else f"exit status {proc.returncode}"
-        raise CommandError(f"{' '.join(args[:3])}{' ...' if len(args) > 3 else ''} failed: {detail}")
+        shown = " ".join(args[:3]) + (" ..." if len(args) > 3 else "")
+        raise CommandError(f"{shown} failed: {detail}")
     return proc

@@ -100,7 +100,8 @@ def mount_view(fs: Filesystem, timeout: int) -> dict[str, object]:
     what = device_node(fs.device)
     where = "/sysroot" + (fs.mountpoint if fs.mountpoint != "/" else "")
     fsck = ""
-    if fs.fsck and fs.fstype in ("ext2", "ext3", "ext4", "vfat", "f2fs") and what.startswith("/dev/"):
+    checkable = fs.fstype in ("ext2", "ext3", "ext4", "vfat", "f2fs")
+    if fs.fsck and checkable and what.startswith("/dev/"):
         fsck = f"systemd-fsck@{escape_path(what)}.service"
     return {
         "what": what,
