@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import kmod
-from .check import check
+from .check import Checked, check
 from .errors import BuildError, UsageError
 from .manifest import dumps, manifest
 from .pack import Packed, pack
@@ -38,7 +38,7 @@ class BuildResult:
     packed: Packed
     sha256: str
     seconds: float
-    elf_checked: int
+    checked: Checked
     step_seconds: tuple[tuple[str, float], ...]
 
 
@@ -124,11 +124,11 @@ def build(
         image = resolve(spec, rendered, root=root)
     with steps.step(f"packing and compressing ({spec.compression})"):
         packed = pack(image, root=root)
-    data = packed.public + (b"" if secrets_out else packed.secrets)
+    data = packed.public if secrets_out else packed.data
     with steps.step("checking the image"):
         required = [e.path for e in image.entries if e.kind == "file" and e.mode & 0o111
                     and not e.secret]
-        elf_checked = check(packed.public, init=spec.init, required=required)
+        checked = check(packed.public, init=spec.init, required=required)
     sha = hashlib.sha256(data).hexdigest()
     if output is not None:
         with steps.step(f"writing {output}"):
@@ -140,5 +140,5 @@ def build(
                 write_atomic(secrets_out, packed.secrets, 0o600)
             if manifest_path is not None:
                 write_atomic(manifest_path, dumps(manifest(image, sha)).encode())
-    return BuildResult(output, image, packed, sha, time.perf_counter() - start, elf_checked,
+    return BuildResult(output, image, packed, sha, time.perf_counter() - start, checked,
                        tuple(steps.times))

@@ -12,6 +12,7 @@ import io
 import posixpath
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -65,8 +66,14 @@ def _executable(view: ImageView, path: str, what: str) -> None:
         raise BuildError(f"{what} {path} is not an executable file in the image")
 
 
-def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> int:
-    """Raise BuildError if the image is incomplete; return the number of ELF files checked."""
+@dataclass(frozen=True)
+class Checked:
+    members: int  # entries in the archives read back (implied parent directories included)
+    elf_files: int  # ELF files whose interpreter and libraries were found
+
+
+def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> Checked:
+    """Raise BuildError if the image is incomplete; say what was checked."""
     members: list[Member] = []
     for segment in compress.read_image(data):
         members.extend(segment.members)
@@ -100,4 +107,4 @@ def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> int:
         for soname in needed:
             if soname not in names:
                 raise BuildError(f"{path} needs {soname}, missing from the image")
-    return checked
+    return Checked(members=len(members), elf_files=checked)

@@ -74,8 +74,8 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
     spec = r.image.spec
     files = sum(1 for e in r.image.entries if e.kind == "file")
     click.echo(f"built {output}  ({spec.flavor} stage one, kernel {spec.kver})")
-    click.echo(f"  entries   {r.packed.members} ({files} files, {len(r.image.modules)} kernel "
-               f"modules, {r.elf_checked} ELF files checked)")
+    click.echo(f"  entries   {r.checked.members} ({files} files, {len(r.image.modules)} kernel "
+               f"modules, {r.checked.elf_files} ELF files checked)")
     click.echo(f"  size      {_mb(r.packed.raw_size)} raw, {_mb(len(r.packed.main))} "
                f"{spec.compression}" + (f", +{_mb(len(r.packed.early))} microcode"
                                         if r.packed.early else "")

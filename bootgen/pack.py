@@ -32,16 +32,23 @@ class Packed:
     main: bytes  # compressed main archive
     secrets: bytes  # uncompressed secrets archive, or b""
     raw_size: int  # main archive before compression
-    members: int  # entries in the main archive
-
-    @property
-    def data(self) -> bytes:
-        return self.public + self.secrets
 
     @property
     def public(self) -> bytes:
-        """Early and main archives, padded so that an appended archive starts 4-byte aligned."""
+        """The reproducible part: early and main archives."""
         return self.early + self.main
+
+    @property
+    def padding(self) -> bytes:
+        """NULs before an appended archive: the kernel finds one only at a 4-byte aligned
+        offset, and its lz4 legacy decoder stops only at a zero block size (4 NULs more)."""
+        pad = -len(self.public) % 4 + (4 if self.main[:4] == b"\x02\x21\x4c\x18" else 0)
+        return b"\0" * pad
+
+    @property
+    def data(self) -> bytes:
+        """The whole image: public archives, then the secrets archive when there is one."""
+        return self.public + (self.padding + self.secrets if self.secrets else b"")
 
 
 def source_mtime() -> int:
@@ -84,14 +91,9 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True) -> Pack
     raw = cpio.write_newc(public, mtime=mtime)
     spec = image.spec
     main = compress.compress(raw, spec.compression, spec.compression_level)
-    # The kernel finds a following archive only at a 4-byte aligned offset, after NUL padding;
-    # its lz4 legacy decoder stops only at a zero block size, so lz4 needs 4 NULs more.
-    pad = -len(main) % 4 + (4 if spec.compression == "lz4" else 0)
-    main += b"\0" * pad
     return Packed(
         early=microcode(root) if early_microcode else b"",
         main=main,
         secrets=cpio.write_newc(secret, mtime=mtime) if secret else b"",
         raw_size=len(raw),
-        members=len(public),
     )

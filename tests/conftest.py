@@ -1,0 +1,37 @@
+"""Shared fixtures: the installed kernel, example hosts, built images (cached per session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bootgen import kmod
+from bootgen.config import load
+from bootgen.schema import Host
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def _kernel() -> str | None:
+    try:
+        return kmod.newest_kernel()
+    except Exception:
+        return None
+
+
+KVER = _kernel()
+needs_kernel = pytest.mark.skipif(KVER is None, reason="no kernel modules under /lib/modules")
+
+
+def needs_tool(name: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(shutil.which(name) is None and not os.path.exists(f"/usr/sbin/{name}"),
+                              reason=f"{name} is not installed")
+
+
+@pytest.fixture(scope="session")
+def minimal() -> Host:
+    return load(EXAMPLES / "minimal.toml")

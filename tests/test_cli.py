@@ -1,0 +1,131 @@
+"""The command line: summaries, exit codes, one-line errors, ls/diff/show."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bootgen.cli import main
+
+from .conftest import EXAMPLES, needs_kernel
+
+MINIMAL = str(EXAMPLES / "minimal.toml")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootgen.cli", *args], capture_output=True,
+                          text=True)
+
+
+@needs_kernel
+def test_build_summary_and_manifest(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["build", MINIMAL, "-o", str(tmp_path / "i.img"),
+                                    "--flavor", "scripted", "--manifest", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith(f"built {tmp_path / 'i.img'}  (scripted stage one, kernel ")
+    assert any(line.strip().startswith("size") and "raw" in line and "zstd" in line
+               for line in lines)
+    assert len(lines) <= 24  # one screen
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["flavor"] == "scripted"
+    assert any(e["path"] == "/init" for e in data["entries"])
+
+
+def test_description_error_exit_2_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[boot]\nflavour = 'x'\n")
+    res = run("build", str(bad), "-o", str(tmp_path / "i.img"))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"error: {bad}: boot.flavour: unknown setting (hint: did you mean 'flavor'?)",
+        f"error: {bad}: filesystems: no filesystem is mounted at '/' "
+        '(hint: add [[filesystems]] with mountpoint = "/")',
+    ]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "i.img").exists()
+
+
+def test_usage_error_exit_2(tmp_path: Path) -> None:
+    res = run("build", MINIMAL)
+    assert res.returncode == 2
+    assert "Missing option '-o'" in res.stderr
+
+
+@needs_kernel
+def test_build_failure_exit_1_and_debug(tmp_path: Path) -> None:
+    host = tmp_path / "h.toml"
+    host.write_text(Path(MINIMAL).read_text() + "\n[extra]\nbinaries = ['no-such-program-x']\n")
+    res = run("build", str(host), "-o", str(tmp_path / "i.img"))
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: ")
+    assert "no-such-program-x" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run("--debug", "build", str(host), "-o", str(tmp_path / "i.img"))
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr
+
+
+@needs_kernel
+def test_unknown_kernel_version(tmp_path: Path) -> None:
+    res = run("build", MINIMAL, "-o", str(tmp_path / "i.img"), "--kernel-version", "0.0-none")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"error: {MINIMAL}: kernel.version: kernel 0.0-none has no modules under /lib/modules "
+        "(hint: install its linux-image package or pick an installed version)")
+
+
+@needs_kernel
+def test_ls_and_diff(tmp_path: Path) -> None:
+    r = CliRunner()
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    assert r.invoke(main, ["build", MINIMAL, "-o", str(a), "--flavor", "scripted",
+                           "--manifest", str(tmp_path / "a.json")]).exit_code == 0
+    assert r.invoke(main, ["build", MINIMAL, "-o", str(b), "--flavor", "systemd",
+                           "--manifest", str(tmp_path / "b.json")]).exit_code == 0
+    ls = r.invoke(main, ["ls", str(a)])
+    assert ls.exit_code == 0
+    assert ls.output.startswith("== segment 1: offset 0, ")
+    assert any(line.endswith(" /usr/bin/sh -> busybox") for line in ls.output.splitlines())
+    assert any(line.startswith("crw-------") and line.endswith("/dev/console")
+               for line in ls.output.splitlines())
+    same = r.invoke(main, ["diff", str(a), str(a)])
+    assert same.exit_code == 0 and same.output == ""
+    d = r.invoke(main, ["diff", str(a), str(b)])
+    assert d.exit_code == 1
+    lines = d.output.splitlines()
+    assert "+ /usr/lib/systemd/systemd   [systemd → /usr/lib/systemd/systemd]" in lines
+    assert any(line.startswith("- /usr/sbin/blkid") and "scripted" in line for line in lines)
+
+
+def test_ls_reads_debians_initrd() -> None:
+    images = sorted(Path("/boot").glob("initrd.img-*"))
+    if not images:
+        return
+    res = CliRunner().invoke(main, ["ls", str(images[-1])])
+    assert res.exit_code == 0
+    assert "== segment 1" in res.output
+    assert any(line.endswith(" /init") for line in res.output.splitlines())
+
+
+def test_ls_missing_file() -> None:
+    res = run("ls", "/nonexistent.img")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: /nonexistent.img: no such file"
+
+
+@needs_kernel
+def test_show_explains_why() -> None:
+    res = CliRunner().invoke(main, ["show", MINIMAL, "--flavor", "scripted"])
+    assert res.exit_code == 0, res.output
+    assert "flavor      scripted" in res.output
+    assert "load        virtio_pci virtio_blk ext4" in res.output
+    assert "  /usr/bin/busybox    [scripted → /usr/bin/busybox]" in res.output
+
+
+def test_check_command(tmp_path: Path) -> None:
+    assert CliRunner().invoke(main, ["check", MINIMAL]).output == f"{MINIMAL}: ok\n"
