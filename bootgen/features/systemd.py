@@ -129,6 +129,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         Generated(f"{UNIT_DIR}/emergency.service.d/bootgen.conf",
                   template="units/emergency-bootgen.conf.j2",
                   view={"access": shell_access(host), "locked_hint": LOCKED_HINT}),
+        Generated(f"{UNIT_DIR}/debug-shell.service.d/bootgen.conf",
+                  template="units/debug-shell.conf.j2"),
         Generated("/etc/systemd/system.conf.d/bootgen.conf", template="units/system.conf.j2",
                   view={"device_timeout": timeout}),
         Generated("/etc/systemd/journald.conf.d/bootgen.conf", template="units/journald.conf.j2"),
