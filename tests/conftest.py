@@ -28,8 +28,8 @@ needs_kernel = pytest.mark.skipif(KVER is None, reason="no kernel modules under 
 
 
 def needs_tool(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(shutil.which(name) is None and not os.path.exists(f"/usr/sbin/{name}"),
-                              reason=f"{name} is not installed")
+    missing = shutil.which(name) is None and not os.path.exists(f"/usr/sbin/{name}")
+    return pytest.mark.skipif(missing, reason=f"{name} is not installed")
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ BUSYBOX = "/usr/bin/busybox"
 # Applets linked into the image: what /init runs, plus a usable rescue shell.
 APPLETS_BIN = (
     "awk", "cat", "chroot", "cp", "cttyhack", "cut", "date", "dd", "df", "dmesg", "echo",
-    "env", "false", "find", "grep", "head", "hexdump", "kill", "killall", "less", "ln", "ls", "mkdir",
-    "mknod", "more", "mount", "mv", "ps", "readlink", "rm", "rmdir", "sed", "setsid", "sh",
+    "env", "false", "find", "grep", "head", "hexdump", "kill", "killall", "less", "ln", "ls",
+    "mkdir", "mknod", "more", "mount", "mv", "ps", "readlink", "rm", "rmdir", "sed", "setsid", "sh",
     "sleep", "sort", "stat", "stty", "sync", "tail", "test", "touch", "tr", "true", "umount",
     "uname", "vi", "xargs", "[",
 )
