@@ -141,6 +141,88 @@ def diff(a: Path, b: Path) -> None:
         sys.exit(1)
 
 
+boot_options = [
+    click.option("--kernel", "kernel", type=click.Path(dir_okay=False, exists=True),
+                 help="Kernel image to boot (default: /boot/vmlinuz-<kernel version>)."),
+    click.option("--append", "append", multiple=True, metavar="PARAMS",
+                 help="Extra kernel parameters for this run (repeatable)."),
+    click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                 help="Where images and console logs go (default: ~/.cache/bootgen/verify/)."),
+]
+
+
+def _boot_options(f: Any) -> Any:
+    for opt in reversed(boot_options):
+        f = opt(f)
+    return f
+
+
+def _stage_table(r: Any) -> str:
+    parts = [f"{stage} {mark.guest:.2f}s" for stage, mark in r.stages.items()
+             if stage != "kernel"]
+    return ", ".join(parts)
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
+              help="Flavour to boot; 'both' runs the two side by side (default: boot.flavor).")
+@kver_option
+@_boot_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
+           append: tuple[str, ...], workdir: Path | None, as_json: bool) -> None:
+    """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST."""
+    import json
+
+    from . import verify as v
+
+    desc = config.load(host)
+    flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
+    params = [p for a in append for p in a.split()]
+    results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver, append=params,
+                       progress=None if as_json else _progress)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=1))
+    else:
+        for r in results:
+            state = "PASS" if r.passed else "FAIL"
+            click.echo(f"{state}  {r.flavor:<8} image {_mb(r.image_size)} built in "
+                       f"{r.build_seconds:.2f}s; booted in {r.wall_seconds:.1f}s host time")
+            if r.stages:
+                click.echo(f"      guest uptime: {_stage_table(r)}")
+            if not r.passed:
+                click.echo(f"      {r.reason}")
+                click.echo(f"      console log: {r.log}; last lines:")
+                for line in r.tail:
+                    click.echo(f"      | {line}")
+    if not all(r.passed for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@flavor_option
+@click.option("--break", "stage", type=click.Choice(["pre-udev", "pre-mount", "pre-pivot"]),
+              default="pre-mount", show_default=True, help="Where stage one stops.")
+@kver_option
+@_boot_options
+def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: str | None,
+          append: tuple[str, ...], workdir: Path | None) -> None:
+    """Boot HOST's initrd in QEMU and give you its console at a breakpoint (Ctrl-a x quits)."""
+    from . import verify as v
+
+    desc = config.load(host)
+    params = [p for a in append for p in a.split()]
+
+    def ready() -> None:
+        click.echo("== connected to the guest console; Ctrl-a x quits QEMU", err=True)
+
+    status = v.shell(desc, flavor or desc.boot.flavor, stage, workdir=workdir, kernel=kernel,
+                     kver=kver, append=params, progress=_progress, before_interact=ready)
+    sys.exit(0 if status == 0 else 1)
+
+
 @main.command()
 @click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
 def check(host: Path) -> None:

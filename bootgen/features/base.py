@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..schema import Host
-from ..spec import Contribution, DevNode, Dir, Generated, HostFile, Module
+from ..spec import Contribution, DevNode, Dir, Generated, HostFile, Module, Symlink
 from . import Context, Feature
 
 # Kernel modules a filesystem type needs (the fs module's own dependencies follow from modules.dep).
@@ -41,6 +41,7 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                                      "/usr/bin", "/usr/sbin", "/usr/lib", "/var"))
         + (Dir("/tmp", 0o1777),),
         files=tuple(HostFile(p) for p in MERGED_USR),
+        symlinks=(Symlink("/var/run", "../run"),),
         devnodes=(
             DevNode("/dev/console", "c", 5, 1, 0o600),
             DevNode("/dev/null", "c", 1, 3, 0o666),

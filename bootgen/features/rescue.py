@@ -15,6 +15,12 @@ LOCKED_HINT = ("rescue shell is locked: set rescue.root_password_hash or "
                "rescue.allow_passwordless = true in the host description")
 
 
+# The groups udev rules name (50-udev-default.rules), with Debian's ids.
+GROUPS = (("root", 0), ("tty", 5), ("disk", 6), ("lp", 7), ("kmem", 15), ("dialout", 20),
+          ("cdrom", 24), ("floppy", 25), ("tape", 26), ("audio", 29), ("video", 44),
+          ("utmp", 43), ("input", 105), ("sgx", 106), ("kvm", 107), ("render", 108))
+
+
 def shadow_field(host: Host) -> str:
     if host.rescue.root_password_hash:
         return host.rescue.root_password_hash
@@ -35,7 +41,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
             Generated("/etc/passwd", content=b"root:x:0:0:root:/root:/bin/sh\n"),
             Generated("/etc/shadow", content=f"root:{shadow_field(host)}:19000:0:99999:7:::\n"
                       .encode(), mode=0o600),
-            Generated("/etc/group", content=b"root:x:0:\ntty:x:5:\ndisk:x:6:\n"),
+            Generated("/etc/group", content="".join(f"{g}:x:{gid}:\n" for g, gid in GROUPS)
+                      .encode()),
         ),
     )
 

@@ -107,6 +107,7 @@ def mount_view(fs: Filesystem, timeout: int) -> dict[str, object]:
         "what": what,
         "where": where,
         "unit": escape_path(where) + ".mount",
+        "device_unit": escape_path(what) + ".device" if what.startswith("/dev/") else "",
         "fstype": fs.fstype,
         "options": ",".join(fs.options),
         "fsck": fsck,

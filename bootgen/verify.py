@@ -1,0 +1,203 @@
+"""Stage `verify`: prove that a host description boots.
+
+Builds the initrd, builds (or reuses) disk images that mirror the described layout, boots the
+real kernel in QEMU against them and waits for the test root's verdict line, which carries a
+random per-run token: a pass cannot come from anywhere but the real root's init.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import disks, qemu, timeline
+from .build import build, kernel_version
+from .errors import BootError, BootgenError
+from .schema import Host
+
+BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
+RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+) "
+                    r"mounts=(\S+) verdict=(PASS|FAIL)")
+# Lines that mean stage one gave up: stop waiting for the full timeout.
+FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
+          r"You are in emergency mode.*", r"Cannot open access to console.*")
+BREAK = r"bootgen: break at (\S+)"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BootResult:
+    flavor: str
+    passed: bool
+    reason: str  # "" when passed
+    log: Path
+    image: Path
+    image_size: int
+    build_seconds: float
+    wall_seconds: float  # host seconds from QEMU start to the verdict (or failure)
+    stages: dict[str, timeline.Mark] = field(default_factory=dict)
+    result: dict[str, str] = field(default_factory=dict)  # fields of the BOOTGEN-RESULT line
+    tail: tuple[str, ...] = ()  # last console lines, for failures
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "flavor": self.flavor, "passed": self.passed, "reason": self.reason,
+            "log": str(self.log), "image": str(self.image), "image_size": self.image_size,
+            "build_seconds": round(self.build_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "stages": {s: {"guest": m.guest, "host": m.host} for s, m in self.stages.items()},
+            "result": self.result,
+        }
+
+
+def default_workdir(host: Host) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bootgen"
+    return base / "verify" / Path(host.source).stem
+
+
+def expected_init(host: Host, append: Sequence[str]) -> str:
+    init = host.boot.init
+    for p in [*host.boot.kernel_params, *append]:
+        if p.startswith("init="):
+            init = p[len("init="):]
+    return os.path.basename(init)
+
+
+def kernel_params(host: Host, token: str, append: Sequence[str]) -> str:
+    return qemu.boot_append([*host.boot.kernel_params, *append, f"bootgen.token={token}"])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image and disks ready to boot."""
+
+    flavor: str
+    image: Path
+    image_size: int
+    build_seconds: float
+    drives: tuple[qemu.Drive, ...]
+    testroot: disks.TestRoot
+    kernel: str
+
+
+def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None,
+            kver: str | None = None, cache_dir: Path | None = None,
+            progress: Progress | None = None) -> Prepared:
+    workdir.mkdir(parents=True, exist_ok=True)
+    version = kernel_version(host, kver)
+    image = workdir / f"{flavor}.img"
+    if progress:
+        progress(f"{flavor}: building the initrd")
+    r = build(host, output=image, flavor=flavor, kver=version,
+              manifest_path=workdir / f"{flavor}.json")
+    built, testroot = disks.build_disks(host, workdir, cache_dir=cache_dir, progress=progress)
+    drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
+    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot,
+                    kernel or qemu.default_kernel(version))
+
+
+def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
+         timeout: float = BOOT_TIMEOUT, progress: Progress | None = None) -> BootResult:
+    """Boot a prepared image once and judge the test root's verdict."""
+    token = secrets.token_hex(8)
+    cfg = qemu.QemuConfig(kernel=prep.kernel, initrd=str(prep.image),
+                          append=kernel_params(host, token, append), drives=prep.drives)
+    log = workdir / f"{prep.flavor}.log"
+    if progress:
+        progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
+    reason = ""
+    result: dict[str, str] = {}
+    machine = qemu.Machine(cfg, log_path=log, name=f"{prep.flavor} boot")
+    try:
+        machine.start()
+        m = machine.wait_for_console_text("|".join([RESULT.pattern, *FAILED]), timeout)
+        found = RESULT.search(m.group(0))
+        if found is None:
+            reason = f"stage one failed: {m.group(0).strip()}"
+        else:
+            keys = ("token", "disk", "init", "root", "mounts", "verdict")
+            result = dict(zip(keys, found.groups(), strict=True))
+            reason = _judge(result, token, prep.testroot, expected_init(host, append))
+            try:
+                machine.wait_for_exit(30)
+            except BootError:
+                pass
+    except BootError as e:
+        reason = e.message.splitlines()[0]
+    finally:
+        machine.shutdown()
+    lines = machine.lines
+    wall = lines[-1].host_seconds if lines else 0.0
+    return BootResult(prep.flavor, not reason, reason, log, prep.image, prep.image_size,
+                      prep.build_seconds, wall, timeline.marks(lines), result,
+                      tuple(line.text for line in lines[-40:]))
+
+
+def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: str) -> str:
+    if result["token"] != token:
+        return f"the verdict carries token {result['token']}, not this run's {token}"
+    if result["disk"] != testroot.disk_id:
+        return f"the root that booted is not the test disk (disk id {result['disk']})"
+    if result["init"] != init:
+        return f"the real root ran {result['init']}, expected {init}"
+    if result["verdict"] != "PASS":
+        return f"the test root found mounts={result['mounts']}"
+    return ""
+
+
+def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
+           kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
+           cache_dir: Path | None = None, progress: Progress | None = None
+           ) -> list[BootResult]:
+    """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
+    work = workdir or default_workdir(host)
+    prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
+                        progress=progress) for f in flavors]
+    results: list[BootResult | None] = [None] * len(prepared)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = boot(host, prepared[i], work, append=append, progress=progress)
+        except BaseException as e:  # reported below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prepared))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        if isinstance(errors[0], BootgenError):
+            raise errors[0]
+        raise BootError(f"boot driver failed: {errors[0]!r}") from errors[0]
+    return [r for r in results if r is not None]
+
+
+def shell(host: Host, flavor: str, stage: str, *, workdir: Path | None = None,
+          kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
+          cache_dir: Path | None = None, progress: Progress | None = None,
+          before_interact: Callable[[], None] | None = None) -> int:
+    """Boot to a breakpoint and hand the console to the user; return QEMU's exit status."""
+    work = workdir or default_workdir(host)
+    prep = prepare(host, flavor, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
+                   progress=progress)
+    token = secrets.token_hex(8)
+    params = [*append, f"rd.break={stage}"]
+    cfg = qemu.QemuConfig(kernel=prep.kernel, initrd=str(prep.image),
+                          append=kernel_params(host, token, params), drives=prep.drives)
+    if progress:
+        progress(f"{flavor}: booting to rd.break={stage}; Ctrl-a x quits QEMU")
+    with qemu.Machine(cfg, log_path=work / f"{flavor}-shell.log", name="shell") as machine:
+        machine.start()
+        machine.wait_for_console_text(BREAK, BOOT_TIMEOUT)
+        if before_interact:
+            before_interact()
+        machine.interact()
+        return machine.wait_for_exit(10)
