@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static systemd udev kmod \
 	cryptsetup-bin dropbear-bin openssh-client openssh-server shellcheck cpio fdisk e2fsprogs \
 	zstd xz-utils lz4 python3-venv
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 OUT := out
 
 .PHONY: setup apt venv demo test lint docs clean
@@ -35,8 +35,12 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	@mkdir -p $(OUT)
-	$(BOOTGEN) build examples/minimal.toml -o $(OUT)/minimal.img --manifest $(OUT)/minimal.json
-	$(BOOTGEN) ls $(OUT)/minimal.img | head -n 40
+	$(BOOTGEN) build examples/minimal.toml -o $(OUT)/minimal-systemd.img --flavor systemd \
+		--manifest $(OUT)/minimal-systemd.json
+	$(BOOTGEN) build examples/minimal.toml -o $(OUT)/minimal-scripted.img --flavor scripted \
+		--manifest $(OUT)/minimal-scripted.json
+	$(BOOTGEN) diff $(OUT)/minimal-scripted.img $(OUT)/minimal-systemd.img | head -n 12 || true
+	$(BOOTGEN) verify examples/minimal.toml --flavor both --workdir $(OUT)/verify
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
