@@ -32,13 +32,14 @@ class Feature:
 
 
 def _registry() -> tuple[Feature, ...]:
-    from . import base, extra, fsck, rescue, scripted, systemd, udev
+    from . import base, extra, fsck, luks, rescue, scripted, systemd, udev
 
     return (
         base.FEATURE,
         scripted.FEATURE,
         systemd.FEATURE,
         udev.FEATURE,
+        luks.FEATURE,
         fsck.FEATURE,
         rescue.FEATURE,
         extra.FEATURE,
