@@ -231,5 +231,44 @@ def check(host: Path) -> None:
     click.echo(f"{host}: ok")
 
 
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Boots per flavour.")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the boot timeline (default: ./HOST-timeline.svg).")
+@click.option("--png", is_flag=True, help="Also write a PNG beside the SVG (rsvg-convert or "
+              "ImageMagick's convert, when installed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@kver_option
+@_boot_options
+def compare(host: Path, runs: int, svg_path: Path | None, png: bool, as_json: bool,
+            kver: str | None, kernel: str | None, append: tuple[str, ...],
+            workdir: Path | None) -> None:
+    """Scripted or systemd? Build both, boot each N times in QEMU, compare them. Exit 1 if a
+    boot failed."""
+    import json
+
+    from . import compare as cmp
+    from . import svg
+    from .build import write_atomic
+
+    desc = config.load(host)
+    params = [p for a in append for p in a.split()]
+    c = cmp.compare(desc, runs, workdir, kernel=kernel, kver=kver, append=params,
+                    progress=None if as_json else _progress)
+    out = svg_path or Path(f"{host.stem}-timeline.svg")
+    write_atomic(out, cmp.timeline_svg(c).encode())
+    picture, why = svg.to_png(out) if png else (None, "")
+    if why:
+        click.echo(f"note: {why}", err=True)
+    if as_json:
+        click.echo(json.dumps({**cmp.to_json(c), "svg": str(out),
+                               "png": str(picture) if picture else None}, indent=1))
+    else:
+        click.echo(cmp.table(c) + f"\ntimeline: {out}" + (f" and {picture}" if picture else ""))
+    sys.exit(0 if c.passed else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

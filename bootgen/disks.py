@@ -2,9 +2,13 @@
 
 `plan_disks` decides, touching nothing, which virtio disks exist and which filesystem (label,
 UUID, PARTUUID, PARTLABEL) sits where, so that every device reference of the description finds
-its device in the guest. `build_disks` makes the images in userspace (mke2fs -d, mkfs.btrfs
---rootdir, sfdisk on image files: no root, loop devices or device-mapper). "/" gets a busybox
-test root whose /sbin/init (qemu/testroot-init.sh) reports what stage one mounted.
+its device in the guest. `build_disks` (bootgen.diskbuild) makes the images in userspace
+(mke2fs -d, mkfs.btrfs --rootdir, sfdisk on image files, LUKS2 containers with cryptsetup on
+plain files and our own AES-XTS (bootgen.luksdisk): no root, loop devices or device-mapper).
+"/" gets a busybox test root whose /sbin/init (qemu/testroot-init.sh) reports what stage one
+mounted. LUKS containers open with `luksdisk.TEST_PASSPHRASE` typed at the console, and with
+the described keyfiles: a host `key_file` is added as a keyslot, a `key_file_device` gets a
+test filesystem (or the described one it names) holding a derived keyfile at `key_file_path`.
 
 Built images live in a content-addressed cache and are shared: boot them with QEMU
 `snapshot=on` (or otherwise read-only) and never modify them.
@@ -13,54 +17,43 @@ Built images live in a content-addressed cache and are shared: boot them with QE
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
-import json
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import templates
 from .errors import BuildError
-from .run import run, which
-from .schema import Filesystem, Host
+from .run import which
+from .schema import Host
 
-DISK_BUILDER_VERSION = 1  # bump whenever the images built for the same plan change
 ROOT_SIZE_MB, OTHER_SIZE_MB = 64, 16
 LUKS_HEADER_MB = 16  # LUKS2's default header area
 MIN_SIZE_MB = {"btrfs": 128, "xfs": 300}
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8E47DE4"
 EXT_TYPES = ("ext2", "ext3", "ext4")
-EPOCH = 1704067200  # 2024-01-01: every timestamp inside the ext* images
 LABEL_MAX = {"ext2": 16, "ext3": 16, "ext4": 16, "xfs": 12, "btrfs": 255, "vfat": 11}
 MAX_DISKS, MAX_PARTITIONS = 26, 128  # /dev/vda.../dev/vdz; GPT entries sfdisk creates
-
-# mke2fs takes its defaults from /etc/mke2fs.conf, which differs between distributions: pin
-# them, so that the images (and the features the guest kernel must know) do not depend on it.
-MKE2FS_CONF = """[defaults]
-\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
-\tdefault_mntopts = acl,user_xattr
-\tblocksize = 4096
-\tinode_size = 256
-\tinode_ratio = 16384
-[fs_types]
-\text3 = {
-\t\tfeatures = has_journal
-\t}
-\text4 = {
-\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
-\t}
-"""
+LUKS_LABEL_MAX = 47  # bytes of a LUKS2 label
+KEYFILE_EXTRA = 64  # bytes of a derived keyfile beyond key_file_offset + key_file_size
+MAX_KEYFILE = 4 << 20
 
 _STD_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _BY = {"by-label": "label", "by-uuid": "uuid", "by-partuuid": "partuuid",
        "by-partlabel": "partlabel"}
 _SAME_DEVICE = "give each filesystem its own device"
+
+
+@dataclass(frozen=True)
+class Keyfile:
+    """A derived keyfile on a test filesystem, for [[luks]] entries with key_file_device."""
+
+    path: str  # key_file_path
+    size: int  # bytes of the file
+    luks: tuple[str, ...]  # the [[luks]] entries it unlocks
 
 
 @dataclass(frozen=True)
@@ -70,9 +63,10 @@ class FsImage:
     fstype: str
     label: str | None
     uuid: str | None
-    mountpoint: str
+    mountpoint: str  # "": mounted by nobody (a filesystem that only holds keyfiles)
     size_mb: int
-    content: str  # "testroot" for "/", "marker" otherwise
+    content: str  # "testroot" for "/", "marker" for other mountpoints, "keyfiles"
+    keyfiles: tuple[Keyfile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +81,7 @@ class Partition:
     luks: str | None  # name of the [[luks]] entry whose container this is
     luks_uuid: str | None = None  # the container's UUID=, when the description fixes it
     luks_label: str | None = None  # the container's LABEL= (a LUKS2 label)
+    luks_header: bool = False  # detached header (not in the image): the container is all data
 
 
 @dataclass(frozen=True)
@@ -103,6 +98,10 @@ class DiskSpec:
 class BuiltDisk:
     spec: DiskSpec
     path: Path  # shared cache file: boot it with snapshot=on, never write to it
+    # [[luks]] name -> the detached header made for its container on this disk (read-only
+    # cache file): the description's `header` cannot be reproduced (random salts), so the
+    # initrd under test must be built with this file as that entry's `header` instead
+    headers: dict[str, Path] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -134,6 +133,7 @@ class _Item:  # one thing to place: a filesystem, or a LUKS container (holding o
     fs: FsImage | None
     luks: str | None
     size_mb: int
+    header: bool = False  # the LUKS container has a detached header
 
 
 def parse_ref(device: str, what: str) -> _Ref:
@@ -164,20 +164,20 @@ def parse_ref(device: str, what: str) -> _Ref:
     return ref
 
 
-def _fs_image(fs: Filesystem, ref: _Ref | None, what: str) -> FsImage:
+def _fs_image(fstype: str, mountpoint: str, ref: _Ref | None, what: str) -> FsImage:
     label = ref.value if ref and ref.kind == "label" else None
     fsuuid = ref.value if ref and ref.kind == "uuid" else None
-    if label is not None and len(label.encode()) > LABEL_MAX.get(fs.fstype, 255):
-        raise BuildError(f"{what}: label '{label}' is too long for {fs.fstype}",
-                         hint=f"{fs.fstype} labels have at most {LABEL_MAX[fs.fstype]} bytes")
+    if label is not None and len(label.encode()) > LABEL_MAX.get(fstype, 255):
+        raise BuildError(f"{what}: label '{label}' is too long for {fstype}",
+                         hint=f"{fstype} labels have at most {LABEL_MAX[fstype]} bytes")
     vfat = re.compile(r"^[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}$")
-    if fsuuid is not None and not (vfat if fs.fstype == "vfat" else _STD_UUID).match(fsuuid):
-        raise BuildError(f"{what}: '{fsuuid}' is not a {fs.fstype} UUID",
+    if fsuuid is not None and not (vfat if fstype == "vfat" else _STD_UUID).match(fsuuid):
+        raise BuildError(f"{what}: '{fsuuid}' is not a {fstype} UUID",
                          hint="vfat: XXXX-XXXX; others: 8-4-4-4-12 hex digits")
-    base = ROOT_SIZE_MB if fs.mountpoint == "/" else OTHER_SIZE_MB
-    return FsImage(fstype=fs.fstype, label=label, uuid=fsuuid, mountpoint=fs.mountpoint,
-                   size_mb=max(base, MIN_SIZE_MB.get(fs.fstype, 0)),
-                   content="testroot" if fs.mountpoint == "/" else "marker")
+    base = ROOT_SIZE_MB if mountpoint == "/" else OTHER_SIZE_MB
+    content = {"/": "testroot", "": "keyfiles"}.get(mountpoint, "marker")
+    return FsImage(fstype=fstype, label=label, uuid=fsuuid, mountpoint=mountpoint,
+                   size_mb=max(base, MIN_SIZE_MB.get(fstype, 0)), content=content)
 
 
 def _luks_ref(device: str, name: str) -> _Ref:
@@ -185,7 +185,16 @@ def _luks_ref(device: str, name: str) -> _Ref:
     if ref.kind == "uuid" and not _STD_UUID.match(ref.value):
         raise BuildError(f"[[luks]] '{name}': '{ref.value}' is not a LUKS UUID",
                          hint="8-4-4-4-12 hex digits")
+    if ref.kind == "label" and len(ref.value.encode()) > LUKS_LABEL_MAX:
+        raise BuildError(f"[[luks]] '{name}': label '{ref.value}' is too long for LUKS2",
+                         hint=f"LUKS2 labels have at most {LUKS_LABEL_MAX} bytes")
     return ref
+
+
+def _ref_key(ref: _Ref) -> tuple[str, str, int, int | None]:
+    if ref.kind == "disk":
+        return ("disk", "", ref.disk, ref.part)
+    return (ref.kind, ref.value.lower() if "uuid" in ref.kind else ref.value, 0, None)
 
 
 def _items(host: Host) -> list[_Item]:
@@ -201,7 +210,7 @@ def _items(host: Host) -> list[_Item]:
             continue  # no device
         if not fs.device.startswith("/dev/mapper/"):
             ref = parse_ref(fs.device, what)
-            img = _fs_image(fs, ref, what)
+            img = _fs_image(fs.fstype, fs.mountpoint, ref, what)
             items.append(_Item(what, ref, img, None, img.size_mb))
             continue
         name = fs.device.removeprefix("/dev/mapper/")
@@ -212,20 +221,63 @@ def _items(host: Host) -> list[_Item]:
             raise BuildError(f"{what} and {used[name]} are both on /dev/mapper/{name}",
                              hint=_SAME_DEVICE)
         used[name] = what
-        img = _fs_image(fs, None, what)
+        img = _fs_image(fs.fstype, fs.mountpoint, None, what)
+        header = lks[name].header is not None  # a detached header takes no room on the disk
         items.append(_Item(what, _luks_ref(lks[name].device, name), img, name,
-                           img.size_mb + LUKS_HEADER_MB))
+                           img.size_mb + (0 if header else LUKS_HEADER_MB), header))
     for lk in host.luks:  # containers without a described filesystem (swap, raw data...)
         if lk.name not in used:
+            header = lk.header is not None
             items.append(_Item(f"[[luks]] '{lk.name}'", _luks_ref(lk.device, lk.name), None,
-                               lk.name, OTHER_SIZE_MB + LUKS_HEADER_MB))
-    seen: dict[tuple[str, str], str] = {}
+                               lk.name, OTHER_SIZE_MB + (0 if header else LUKS_HEADER_MB),
+                               header))
+    seen: dict[tuple[str, str, int, int | None], str] = {}
     for it in items:
-        key = (it.ref.kind, it.ref.value.lower() if "uuid" in it.ref.kind else it.ref.value)
+        key = _ref_key(it.ref)
         if it.ref.kind != "disk" and key in seen:
             raise BuildError(f"{it.ref.text()} is the device of both {seen[key]} and {it.what}",
                              hint="each device reference must name one device")
         seen[key] = it.what
+    return _place_keyfiles(host, items)
+
+
+def _place_keyfiles(host: Host, items: list[_Item]) -> list[_Item]:
+    """Put a derived keyfile at key_file_path on each key_file_device: into the described
+    filesystem that device is (also /dev/mapper/<name>), or a 16 MiB ext4 of its own. Entries
+    naming the same device and path share one keyfile, long enough for all of them."""
+    for lk in host.luks:
+        if not (lk.key_file_device and lk.key_file_path):
+            continue
+        dev, what = lk.key_file_device, f"[[luks]] '{lk.name}': key_file_device"
+        size = (lk.key_file_offset or 0) + (lk.key_file_size or 0) + KEYFILE_EXTRA
+        if size > MAX_KEYFILE:
+            raise BuildError(f"{what}: key_file_offset + key_file_size is too large for a test "
+                             "keyfile", hint=f"at most {MAX_KEYFILE - KEYFILE_EXTRA} bytes")
+        if dev.startswith("/dev/mapper/"):
+            mapped = dev.removeprefix("/dev/mapper/")
+            i = next((i for i, it in enumerate(items) if it.luks == mapped and it.fs), None)
+            if i is None or mapped == lk.name:
+                raise BuildError(f"{what}: {dev} holds no described filesystem" if i is None
+                                 else f"{what}: the keyfile cannot be inside the volume it opens",
+                                 hint="name the filesystem that holds the keyfile")
+        else:
+            ref = parse_ref(dev, what)
+            i = next((i for i, it in enumerate(items) if _ref_key(it.ref) == _ref_key(ref)), None)
+            if i is None:
+                items.append(_Item(f"the keyfile device of [[luks]] '{lk.name}'", ref,
+                                   _fs_image("ext4", "", ref, what), None, OTHER_SIZE_MB))
+                i = len(items) - 1
+            elif items[i].luks or not items[i].fs:
+                raise BuildError(f"{what}: {dev} is the LUKS container of [[luks]] "
+                                 f"'{items[i].luks}', not a filesystem",
+                                 hint="for a keyfile inside a LUKS volume, name /dev/mapper/<name>")
+        fs = items[i].fs
+        assert fs is not None
+        kfs = {kf.path: kf for kf in fs.keyfiles}
+        old = kfs.get(lk.key_file_path, Keyfile(lk.key_file_path, 0, ()))
+        kfs[old.path] = Keyfile(old.path, max(old.size, size), (*old.luks, lk.name))
+        items[i] = dataclasses.replace(items[i], fs=dataclasses.replace(
+            fs, keyfiles=tuple(kfs.values())))
     return items
 
 
@@ -273,7 +325,8 @@ def _disk(pos: int, its: list[_Item]) -> DiskSpec:
         uuid=it.ref.value if it.ref.kind == "partuuid" else None,
         size_mb=it.size_mb, fs=it.fs, luks=it.luks,
         luks_uuid=it.ref.value if it.luks and it.ref.kind == "uuid" else None,
-        luks_label=it.ref.value if it.luks and it.ref.kind == "label" else None)
+        luks_label=it.ref.value if it.luks and it.ref.kind == "label" else None,
+        luks_header=it.header)
         for it in its), key=lambda p: p.number)
     size = sum(p.size_mb for p in parts) + (2 if gpt else 0)
     return DiskSpec(name=f"disk{pos}", table="gpt" if gpt else "none", size_mb=max(size, 1),
@@ -301,7 +354,7 @@ def describe(spec: DiskSpec) -> str:
     return f"{spec.name} ({', '.join([*bits, f'{spec.size_mb} MiB'])})"
 
 
-# --- building --------------------------------------------------------------------------------
+# --- building (the work is done in bootgen.diskbuild) -------------------------------------------
 
 
 def derived_uuid(*parts: str) -> str:
@@ -313,6 +366,11 @@ def derived_uuid(*parts: str) -> str:
 def fs_uuid(spec: DiskSpec, part: Partition) -> str:
     assert part.fs is not None
     return part.fs.uuid or derived_uuid(spec.name, str(part.number), "fs", part.fs.mountpoint)
+
+
+def luks_uuid(spec: DiskSpec, part: Partition) -> str:
+    assert part.luks is not None
+    return part.luks_uuid or derived_uuid(spec.name, str(part.number), "luks", part.luks)
 
 
 def part_uuid(spec: DiskSpec, part: Partition) -> str:
@@ -357,211 +415,11 @@ def build_disks(host: Host, workdir: Path, *, cache_dir: Path | None = None,
     """Build the test disks of `host`, or find them in the cache (default
     $XDG_CACHE_HOME/bootgen/disks). The returned paths are shared cache files: boot them with
     QEMU `snapshot=on` and never write to them. `workdir` holds staging trees while building.
+
+    A LUKS entry with `header` gets a fresh detached header (`BuiltDisk.headers`): build the
+    initrd under test with that file as the entry's header, since the description's header
+    file cannot be reproduced.
     """
-    specs = plan_disks(host)
-    for spec in specs:
-        for p in spec.partitions:
-            if p.luks:
-                raise BuildError("LUKS test volumes are built in a helper VM",
-                                 hint=f"{describe(spec)} holds the LUKS container '{p.luks}'; "
-                                 "the helper VM is not implemented yet")
-            ok = p.fs is None or p.fs.fstype in EXT_TYPES or (
-                p.fs.fstype == "btrfs" and which("mkfs.btrfs") is not None)
-            if p.fs and not ok:
-                raise BuildError(f"{p.fs.fstype} ('{p.fs.mountpoint}') is not supported by the "
-                                 "test-disk builder yet", hint="describe an ext4 filesystem to "
-                                 "verify the rest" + ("; btrfs needs btrfs-progs"
-                                                      if p.fs.fstype == "btrfs" else ""))
-    expected = expected_mounts(host)
-    script, busybox = fixture_script().read_bytes(), find_busybox()
-    plan = json.dumps({"disks": [dataclasses.asdict(s) for s in specs],
-                       "expected": list(expected)}, indent=1, sort_keys=True)
-    key = hashlib.sha256("\0".join((str(DISK_BUILDER_VERSION), plan, MKE2FS_CONF,
-                                    hashlib.sha256(script).hexdigest(),
-                                    _sha256_file(busybox))).encode()).hexdigest()
-    cache = cache_dir if cache_dir is not None else default_cache_dir()
-    final = cache / key
-    found = _load(final, specs, expected)
-    if found is not None:
-        return found
-    cache.mkdir(parents=True, exist_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if final.exists():  # incomplete (files removed by hand?): set it aside
-        _discard(final, cache)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=cache))
-    try:
-        disk_id = key[:32]  # the content hash: unique per content, stable across cache hits
-        with tempfile.TemporaryDirectory(prefix="bootgen-disks-", dir=workdir) as stage_dir:
-            stage = Path(stage_dir)
-            (stage / "mke2fs.conf").write_text(MKE2FS_CONF)
-            ctx = _Ctx(stage, [fs.mountpoint for fs in host.filesystems], expected, disk_id,
-                       script, busybox)
-            for spec in specs:
-                if progress:
-                    progress(f"building {describe(spec)}")
-                _build_disk(spec, tmp / f"{spec.name}.img", ctx)
-                (tmp / f"{spec.name}.img").chmod(0o444)
-        (tmp / "plan.json").write_text(plan + "\n")
-        (tmp / "disk-id").write_text(disk_id + "\n")
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, final)  # atomic: the entry appears complete or not at all
-        except OSError as e:  # a concurrent builder was first: same content, keep its entry
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    built = _load(final, specs, expected)
-    if built is None:
-        raise BuildError(f"the test disks vanished from {final}", hint="is the cache shared?")
-    return built
+    from .diskbuild import build  # imported here: diskbuild imports this module
 
-
-def _load(final: Path, specs: tuple[DiskSpec, ...], expected: tuple[str, ...]
-          ) -> tuple[tuple[BuiltDisk, ...], TestRoot] | None:
-    try:
-        disk_id = (final / "disk-id").read_text().strip()
-    except OSError:
-        return None
-    disks = tuple(BuiltDisk(s, final / f"{s.name}.img") for s in specs)
-    if not all(d.path.is_file() for d in disks):
-        return None
-    return disks, TestRoot(disk_id=disk_id, expected=expected)
-
-
-def _discard(entry: Path, cache: Path) -> None:
-    aside = Path(tempfile.mkdtemp(prefix=".stale-", dir=cache))
-    try:
-        os.rename(entry, aside / "entry")
-    except FileNotFoundError:  # another builder set it aside already
-        pass
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class _Ctx:
-    stage: Path  # scratch directory; holds mke2fs.conf
-    mountpoints: list[str]  # of all described filesystems
-    expected: tuple[str, ...]
-    disk_id: str
-    script: bytes
-    busybox: Path
-
-
-def _build_disk(spec: DiskSpec, path: Path, ctx: _Ctx) -> None:
-    with open(path, "wb") as f:
-        f.truncate(spec.size_mb << 20)
-    if spec.table == "none":
-        for p in spec.partitions:
-            if p.fs:
-                _make_fs(p.fs, fs_uuid(spec, p), path, ctx)
-        return
-    lines, start = ["label: gpt", f"label-id: {table_id(spec)}", "unit: sectors", ""], 1
-    for p in spec.partitions:
-        opts = [f"start={start << 11}", f"size={p.size_mb << 11}", f"type={LINUX_FS_GUID}",
-                f"uuid={part_uuid(spec, p)}"] + ([f'name="{p.name}"'] if p.name else [])
-        lines.append(f"{path.name}{p.number} : " + ", ".join(opts))  # file name + partno
-        start += p.size_mb
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", path.name],
-        input=("\n".join(lines) + "\n").encode(), cwd=path.parent)
-    start = 1
-    for p in spec.partitions:
-        if p.fs:
-            image = ctx.stage / f"{spec.name}p{p.number}.fs"
-            with open(image, "wb") as f:
-                f.truncate(p.size_mb << 20)
-            _make_fs(p.fs, fs_uuid(spec, p), image, ctx)
-            _copy_into(image, path, start << 20)
-            image.unlink()
-        start += p.size_mb
-
-
-def _copy_into(src: Path, dst: Path, offset: int) -> None:
-    """Copy src into dst at offset, leaving all-zero MiB chunks as holes (dst starts sparse)."""
-    zero = bytes(1 << 20)
-    with open(src, "rb") as fi, open(dst, "r+b") as fo:
-        pos = offset
-        while chunk := fi.read(1 << 20):
-            if chunk != zero[: len(chunk)]:
-                fo.seek(pos)
-                fo.write(chunk)
-            pos += len(chunk)
-
-
-def _make_fs(fs: FsImage, fsuuid: str, image: Path, ctx: _Ctx) -> None:
-    tree = ctx.stage / ("tree" + fs.mountpoint.replace("/", "_"))
-    paths = _stage_tree(fs, tree, ctx)
-    env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(EPOCH), SOURCE_DATE_EPOCH=str(EPOCH),
-               MKE2FS_CONFIG=str(ctx.stage / "mke2fs.conf"))
-    label = ["-L", fs.label] if fs.label else []
-    if fs.fstype in EXT_TYPES:
-        run(["mke2fs", "-q", "-F", "-t", fs.fstype, *label, "-U", fsuuid,
-             "-E", f"root_owner=0:0,hash_seed={fsuuid}", "-d", tree, image], env=env)
-        _fix_inodes(image, paths, env)
-    else:  # btrfs; not reproducible (random internal ids), owned by the building user
-        run(["mkfs.btrfs", "-q", "-f", *label, "-U", fsuuid, "--rootdir", tree, image], env=env)
-    shutil.rmtree(tree)
-
-
-def _fix_inodes(image: Path, paths: list[str], env: dict[str, str]) -> None:
-    """Own everything by root and pin all timestamps (mke2fs -d copies the staging tree's)."""
-    values = [("uid", "0"), ("gid", "0")] + [(t, f"@{EPOCH}")
-                                             for t in ("atime", "ctime", "mtime", "crtime")]
-    script = image.with_suffix(".debugfs")
-    script.write_text("".join(f'sif "{p}" {k} {v}\n' for p in paths for k, v in values))
-    proc = run(["debugfs", "-w", "-f", script, image], env=env)
-    script.unlink()
-    errors = [ln for ln in proc.stderr.decode(errors="replace").splitlines()
-              if ln.strip() and not ln.startswith("debugfs ")]
-    if errors:
-        raise BuildError(f"debugfs could not adjust {image.name}: {errors[0]}")
-
-
-def _stage_tree(fs: FsImage, tree: Path, ctx: _Ctx) -> list[str]:
-    """Fill the staging tree of one filesystem; return its paths, "/" first."""
-    files: dict[str, tuple[bytes, int]] = {}
-    # mountpoints of the filesystems mounted on this one, relative to it
-    dirs = {mp[len(fs.mountpoint.rstrip("/")):] for mp in ctx.mountpoints
-            if mp != fs.mountpoint and _nearest_mount(mp, ctx.mountpoints) == fs.mountpoint}
-    if fs.content == "testroot":
-        dirs |= {"/proc", "/sys", "/dev", "/run", "/tmp", "/bin", "/sbin", "/etc"}
-        files["/bin/busybox"] = (ctx.busybox.read_bytes(), 0o755)
-        files["/sbin/init"] = files["/sbin/altinit"] = (ctx.script, 0o755)
-        files["/etc/os-release"] = (b'NAME="bootgen test root"\nID=bootgen-testroot\n', 0o644)
-        files["/etc/bootgen-disk-id"] = (ctx.disk_id.encode() + b"\n", 0o644)
-        files["/etc/bootgen-expected"] = ("".join(e + "\n" for e in ctx.expected).encode(),
-                                          0o644)
-    else:
-        files["/bootgen-marker"] = (fs.mountpoint.encode() + b"\n", 0o644)
-    for p in [*dirs, *files]:  # parents are directories
-        while (p := os.path.dirname(p)) != "/":
-            dirs.add(p)
-    tree.mkdir(mode=0o755)
-    for d in sorted(dirs):
-        (tree / d[1:]).mkdir()
-        (tree / d[1:]).chmod(0o1777 if d == "/tmp" else 0o755)
-    for name, (data, mode) in files.items():
-        (tree / name[1:]).write_bytes(data)
-        (tree / name[1:]).chmod(mode)
-    links = {"/bin/sh": "busybox"} if fs.content == "testroot" else {}
-    for name, target in links.items():
-        (tree / name[1:]).symlink_to(target)
-    tree.chmod(0o755)
-    return ["/", *sorted(dirs | set(files) | set(links))]
-
-
-def _nearest_mount(mountpoint: str, mounts: list[str]) -> str:
-    """The mountpoint of the filesystem that holds the directory `mountpoint`."""
-    best = "/"
-    for m in mounts:
-        if m not in ("/", mountpoint) and mountpoint.startswith(m + "/") and len(m) > len(best):
-            best = m
-    return best
+    return build(host, workdir, cache_dir=cache_dir, progress=progress)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Iterable
 
 from . import elf, hostfs, kmod
 from .errors import BuildError
+from .run import run
 from .spec import Entry, Generated, Image, ImageSpec, Program
 
 
@@ -143,8 +145,35 @@ def _files(spec: ImageSpec, c: _Collector, root: str) -> None:
         if stat.S_ISDIR(st.st_mode):
             raise BuildError(f"{f.source} is a directory; give files one by one", hint=f.reason)
         mode = f.mode if f.mode is not None else stat.S_IMODE(st.st_mode)
+        if f.convert:
+            c.add(Entry(f.target, "file", mode, data=_convert(host_path, f.convert),
+                        reason=f.reason, secret=f.secret))
+            continue
         c.add(Entry(f.target, "file", mode, source=os.path.realpath(host_path), reason=f.reason,
                     secret=f.secret))
+
+
+def _convert(path: str, how: str) -> bytes:
+    """Transform a host file while reading it (a scratch file in a private temp dir)."""
+    if how != "dropbear-key":
+        raise ValueError(f"unknown conversion {how!r}")
+    with tempfile.TemporaryDirectory(prefix="bootgen-key-") as tmp:
+        out = os.path.join(tmp, "key")
+        run(["dropbearconvert", "openssh", "dropbear", path, out])
+        with open(out, "rb") as fh:
+            return fh.read()
+
+
+def _generated(g: Generated) -> bytes:
+    data = g.content or b""
+    for path in g.include:
+        try:
+            with open(path, "rb") as fh:
+                extra = fh.read()
+        except OSError as e:
+            raise BuildError(f"cannot read {path}: {e.strerror} ({g.reason})") from None
+        data += extra if extra.endswith(b"\n") or not extra else extra + b"\n"
+    return data
 
 
 def _modules(spec: ImageSpec, c: _Collector, root: str) -> tuple[list[str], list[str], list[str]]:
@@ -213,7 +242,7 @@ def resolve(spec: ImageSpec, rendered: Iterable[Generated], *, root: str = "/") 
     modules, builtin, warnings = _modules(spec, c, root)
     for g in rendered:
         assert g.content is not None
-        c.add(Entry(g.path, "file", g.mode, data=g.content, reason=g.reason, secret=g.secret))
+        c.add(Entry(g.path, "file", g.mode, data=_generated(g), reason=g.reason, secret=g.secret))
     for s in spec.symlinks:
         if not s.weak:
             c.add(Entry(s.path, "symlink", 0o777, target=s.target, reason=s.reason))

@@ -41,6 +41,7 @@ class HostFile:
     reason: str = ""
     optional: bool = False
     secret: bool = False  # goes to the separate secrets archive, never the reproducible one
+    convert: str | None = None  # "dropbear-key": OpenSSH private key → dropbear's format
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Generated:
     mode: int = 0o644
     reason: str = ""
     secret: bool = False
+    include: tuple[str, ...] = ()  # host files appended to the content when resolved
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .schema import Host
 
 BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
 RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+) "
-                    r"mounts=(\S+) verdict=(PASS|FAIL)")
+                    r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+)")
 # Lines that mean stage one gave up: stop waiting for the full timeout.
 FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
           r"You are in emergency mode.*", r"Cannot open access to console.*")
@@ -73,6 +73,17 @@ def kernel_params(host: Host, token: str, append: Sequence[str]) -> str:
     return qemu.boot_append([*host.boot.kernel_params, *append, f"bootgen.token={token}"])
 
 
+def qemu_config(host: Host, prep: Prepared, append: str,
+                forwards: Sequence[qemu.PortForward] = ()) -> qemu.QemuConfig:
+    """The VM for a host: its disks, and user-mode networking when the host has a network
+    (the first interface's MAC when the description matches by MAC)."""
+    macs = [i.mac.lower() for i in host.network.interfaces if i.mac]
+    return qemu.QemuConfig(kernel=prep.kernel, initrd=str(prep.image), append=append,
+                           drives=prep.drives, net=host.network.enable or bool(forwards),
+                           mac=macs[0] if macs else qemu.QemuConfig.mac,
+                           forwards=tuple(forwards))
+
+
 @dataclass(frozen=True)
 class Prepared:
     """An image and disks ready to boot."""
@@ -106,8 +117,7 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
          timeout: float = BOOT_TIMEOUT, progress: Progress | None = None) -> BootResult:
     """Boot a prepared image once and judge the test root's verdict."""
     token = secrets.token_hex(8)
-    cfg = qemu.QemuConfig(kernel=prep.kernel, initrd=str(prep.image),
-                          append=kernel_params(host, token, append), drives=prep.drives)
+    cfg = qemu_config(host, prep, kernel_params(host, token, append))
     log = workdir / f"{prep.flavor}.log"
     if progress:
         progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
@@ -121,7 +131,7 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
         if found is None:
             reason = f"stage one failed: {m.group(0).strip()}"
         else:
-            keys = ("token", "disk", "init", "root", "mounts", "verdict")
+            keys = ("token", "disk", "init", "root", "mounts", "verdict", "net")
             result = dict(zip(keys, found.groups(), strict=True))
             reason = _judge(result, token, prep.testroot, expected_init(host, append))
             try:
@@ -190,8 +200,7 @@ def shell(host: Host, flavor: str, stage: str, *, workdir: Path | None = None,
                    progress=progress)
     token = secrets.token_hex(8)
     params = [*append, f"rd.break={stage}"]
-    cfg = qemu.QemuConfig(kernel=prep.kernel, initrd=str(prep.image),
-                          append=kernel_params(host, token, params), drives=prep.drives)
+    cfg = qemu_config(host, prep, kernel_params(host, token, params))
     if progress:
         progress(f"{flavor}: booting to rd.break={stage}; Ctrl-a x quits QEMU")
     with qemu.Machine(cfg, log_path=work / f"{flavor}-shell.log", name="shell") as machine:

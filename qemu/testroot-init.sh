@@ -6,7 +6,8 @@
 # "<mountpoint> <fstype>" line per stage-one filesystem; every filesystem but / carries a
 # /bootgen-marker file holding its mountpoint), prints
 #   BOOTGEN-UPTIME <seconds>
-#   BOOTGEN-RESULT token=<T> disk=<id> init=<name> root=<ro|rw> mounts=<ok|missing:/a,/b> verdict=<PASS|FAIL>
+#   BOOTGEN-RESULT token=<T> disk=<id> init=<name> root=<ro|rw> mounts=<ok|missing:/a,/b> \
+#                  verdict=<PASS|FAIL> net=<none|a.b.c.d/nn,...>
 # on the console and powers the machine off. Diagnostics go to stderr, prefixed "bootgen-testroot:".
 # Only busybox is available: external commands are always spelled "busybox <applet>".
 #
@@ -52,6 +53,8 @@ if [ "$pid1" = yes ]; then
     [ -r /proc/mounts ] || busybox mount -t proc proc /proc
     mount_info /sys || busybox mount -t sysfs sysfs /sys
     mount_info /dev || busybox mount -t devtmpfs devtmpfs /dev
+    # keep kernel messages from cutting through the result lines
+    busybox dmesg -n 1 2>/dev/null
     # systemd leaves PID 1's output on /dev/null: talk to the console directly
     if [ -c /dev/console ]; then
         exec </dev/console >/dev/console 2>&1
@@ -128,9 +131,18 @@ else
     verdict=FAIL
 fi
 
+# IPv4 addresses stage one left configured (network tests; flush_before_switch removes them)
+net=${BOOTGEN_NET:-}
+if [ "$pid1" = yes ]; then
+    net=$(busybox ip -4 -o addr show 2>/dev/null | while read -r _n ifname _inet addr _rest; do
+        [ "$ifname" = lo ] || printf '%s,' "$addr"
+    done)
+    net=${net%,}
+fi
+
 printf 'BOOTGEN-UPTIME %s\n' "$uptime"
-printf 'BOOTGEN-RESULT token=%s disk=%s init=%s root=%s mounts=%s verdict=%s\n' \
-    "$token" "$disk" "${0##*/}" "$rootmode" "$mounts" "$verdict"
+printf 'BOOTGEN-RESULT token=%s disk=%s init=%s root=%s mounts=%s verdict=%s net=%s\n' \
+    "$token" "$disk" "${0##*/}" "$rootmode" "$mounts" "$verdict" "${net:-none}"
 
 if [ "$pid1" = yes ] && [ "${BOOTGEN_NO_POWEROFF:-}" != 1 ]; then
     busybox sync

@@ -325,8 +325,9 @@ def test_build_refuses_unsupported(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"^xfs \('/'\) is not supported by the test-disk "):
         build_disks(host(fs("/", "LABEL=r", "xfs")), tmp_path, cache_dir=tmp_path / "c")
     lk = '[[luks]]\nname = "c"\ndevice = "LABEL=c"\n'
-    with pytest.raises(BuildError, match="^LUKS test volumes are built in a helper VM$"):
-        build_disks(host(fs("/", "/dev/mapper/c"), luks=lk), tmp_path, cache_dir=tmp_path / "c")
+    with pytest.raises(BuildError, match=r"^xfs \('/'\) is not supported by the test-disk "):
+        build_disks(host(fs("/", "/dev/mapper/c", "xfs"), luks=lk), tmp_path,
+                    cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()
 
 
@@ -404,7 +405,7 @@ def test_init_pass(tmp_path: Path) -> None:
     proc = run_init(env, "altinit")
     assert proc.stdout.splitlines() == [
         "BOOTGEN-UPTIME 3.14",
-        "BOOTGEN-RESULT token=t0k3n disk=d15k init=altinit root=ro mounts=ok verdict=PASS"]
+        "BOOTGEN-RESULT token=t0k3n disk=d15k init=altinit root=ro mounts=ok verdict=PASS net=none"]
     assert proc.returncode == 0 and proc.stderr == ""
 
 
@@ -414,7 +415,7 @@ def test_init_fail(tmp_path: Path) -> None:
     proc = run_init(env)
     assert proc.stdout.splitlines()[-1] == (
         "BOOTGEN-RESULT token=t0k3n disk=d15k init=init root=rw "
-        "mounts=missing:/var,/var/log verdict=FAIL")
+        "mounts=missing:/var,/var/log verdict=FAIL net=none")
     assert len(proc.stdout.splitlines()) == 2 and proc.returncode == 1
     assert "/var/log is not mounted" in proc.stderr
     assert "/var holds the wrong filesystem" in proc.stderr
@@ -426,5 +427,6 @@ def test_init_wrong_fstype_and_no_token(tmp_path: Path) -> None:
     Path(env["BOOTGEN_PROC"], "cmdline").write_text("console=ttyS0")  # no newline, no token
     proc = run_init(env)
     assert proc.stdout.splitlines()[-1] == (
-        "BOOTGEN-RESULT token=none disk=d15k init=init root=rw mounts=missing:/var verdict=FAIL")
+        "BOOTGEN-RESULT token=none disk=d15k init=init root=rw mounts=missing:/var verdict=FAIL "
+        "net=none")
     assert "/var is mounted as ext2, expected ext4" in proc.stderr

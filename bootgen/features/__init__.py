@@ -32,7 +32,7 @@ class Feature:
 
 
 def _registry() -> tuple[Feature, ...]:
-    from . import base, extra, fsck, luks, rescue, scripted, systemd, udev
+    from . import base, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev
 
     return (
         base.FEATURE,
@@ -40,6 +40,8 @@ def _registry() -> tuple[Feature, ...]:
         systemd.FEATURE,
         udev.FEATURE,
         luks.FEATURE,
+        network.FEATURE,
+        ssh.FEATURE,
         fsck.FEATURE,
         rescue.FEATURE,
         extra.FEATURE,

@@ -21,6 +21,17 @@ GROUPS = (("root", 0), ("tty", 5), ("disk", 6), ("lp", 7), ("kmem", 15), ("dialo
           ("utmp", 43), ("input", 105), ("sgx", 106), ("kvm", 107), ("render", 108))
 
 
+def passwd(host: Host) -> bytes:
+    lines = ["root:x:0:0:root:/root:/bin/sh"]
+    if host.network.enable:  # systemd-networkd runs as this user
+        lines.append("systemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin")
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def groups(host: Host) -> tuple[tuple[str, int], ...]:
+    return GROUPS + ((("systemd-network", 998),) if host.network.enable else ())
+
+
 def shadow_field(host: Host) -> str:
     if host.rescue.root_password_hash:
         return host.rescue.root_password_hash
@@ -38,11 +49,12 @@ def contribute(host: Host, ctx: Context) -> Contribution:
     return Contribution(
         programs=(Program("/usr/sbin/sulogin"),),
         generated=(
-            Generated("/etc/passwd", content=b"root:x:0:0:root:/root:/bin/sh\n"),
+            Generated("/etc/passwd", content=passwd(host)),
             Generated("/etc/shadow", content=f"root:{shadow_field(host)}:19000:0:99999:7:::\n"
                       .encode(), mode=0o600),
-            Generated("/etc/group", content="".join(f"{g}:x:{gid}:\n" for g, gid in GROUPS)
+            Generated("/etc/group", content="".join(f"{g}:x:{gid}:\n" for g, gid in groups(host))
                       .encode()),
+            Generated("/etc/shells", content=b"/bin/sh\n"),
         ),
     )
 

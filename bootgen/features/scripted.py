@@ -19,7 +19,8 @@ BUSYBOX = "/usr/bin/busybox"
 APPLETS_BIN = (
     "awk", "cat", "chroot", "cp", "cttyhack", "cut", "date", "dd", "df", "dmesg", "echo",
     "env", "false", "find", "grep", "head", "hexdump", "kill", "killall", "less", "ln", "ls",
-    "mkdir", "mknod", "more", "mount", "mv", "ps", "readlink", "rm", "rmdir", "sed", "setsid", "sh",
+    "mkdir", "mkfifo", "mknod", "more", "mount", "mv", "ps", "readlink", "rm", "rmdir", "sed",
+    "setsid", "sh",
     "sleep", "sort", "stat", "stty", "sync", "tail", "test", "touch", "tr", "true", "umount",
     "uname", "vi", "xargs", "[",
 )

@@ -124,7 +124,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
     generated = [
         Generated("/usr/lib/systemd/system-generators/bootgen-generator",
                   template="units/bootgen-generator.sh.j2", mode=0o755,
-                  view={"root": root_view, "init": host.boot.init}),
+                  view={"root": root_view, "init": host.boot.init,
+                        "network": host.network.enable}),
         Generated(f"{UNIT_DIR}/bootgen-break@.service", template="units/bootgen-break@.service.j2",
                   view={"access": shell_access(host), "locked_hint": LOCKED_HINT}),
         Generated(f"{UNIT_DIR}/emergency.service.d/bootgen.conf",

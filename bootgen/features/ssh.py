@@ -1,0 +1,67 @@
+"""ssh: an SSH server in stage one (network.ssh), to type LUKS passphrases remotely.
+
+dropbear (default) or OpenSSH. Host keys come from the build host and go to the secrets archive
+(never generated into the image); authorized keys are given as text or files. A user who logs
+in gets a root shell with `cryptsetup-askpass`, which answers the pending passphrase prompts:
+in the systemd flavour through systemd-tty-ask-password-agent, in the scripted flavour through
+the init's prompt FIFO. The server is stopped before switching to the real root.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..schema import Host
+from ..spec import Contribution, Dir, Generated, Hook, HostFile, Program, Symlink
+from . import Context, Feature
+from .systemd import UNIT_DIR
+
+KEY_DIR = "/etc/bootgen/ssh"
+
+
+def host_key_targets(host: Host) -> list[tuple[str, str]]:
+    """(host path, image path) of each host key."""
+    return [(k, f"{KEY_DIR}/{os.path.basename(k)}") for k in host.network.ssh.host_keys]
+
+
+def contribute(host: Host, ctx: Context) -> Contribution:
+    ssh = host.network.ssh
+    keys = host_key_targets(host)
+    dropbear = ssh.server == "dropbear"
+    secrets = tuple(HostFile(src, target=dst, mode=0o600, secret=True,
+                             convert="dropbear-key" if dropbear else None) for src, dst in keys)
+    literal = "".join(k.strip() + "\n" for k in ssh.authorized_keys if not k.startswith("/"))
+    files = tuple(k for k in ssh.authorized_keys if k.startswith("/"))
+    view = {"port": ssh.port, "keys": [dst for _, dst in keys], "server": ssh.server}
+    generated = [
+        Generated("/root/.ssh/authorized_keys", content=literal.encode(), include=files,
+                  mode=0o600),
+        Generated("/usr/bin/cryptsetup-askpass", template=f"units/askpass-{ctx.flavor}.sh.j2"
+                  if ctx.flavor == "systemd" else "scripts-legacy/askpass.sh.j2", mode=0o755),
+    ]
+    programs = [Program("/usr/sbin/dropbear" if dropbear else "/usr/sbin/sshd")]
+    dirs = [Dir("/root/.ssh", 0o700), Dir("/root", 0o700)]
+    if not dropbear:
+        generated.append(Generated("/etc/ssh/sshd_config", template="units/sshd_config.j2",
+                                   view=view))
+        dirs.append(Dir("/run/sshd", 0o755))
+    if ctx.flavor == "systemd":
+        generated.append(Generated(f"{UNIT_DIR}/bootgen-sshd.service",
+                                   template="units/bootgen-sshd.service.j2", view=view))
+        links = (Symlink(f"{UNIT_DIR}/sysinit.target.wants/bootgen-sshd.service",
+                         "../bootgen-sshd.service"),)
+        return Contribution(programs=tuple(programs), files=secrets, generated=tuple(generated),
+                            symlinks=links, dirs=tuple(dirs))
+    return Contribution(
+        programs=tuple(programs), files=secrets, generated=tuple(generated), dirs=tuple(dirs),
+        hooks=(Hook("post-udev", "scripts-legacy/sshd.sh.j2", order=40, view=view),
+               Hook("cleanup", "scripts-legacy/sshd-stop.sh.j2", order=70, view=view)),
+    )
+
+
+FEATURE = Feature(
+    name="ssh",
+    doc="SSH server in stage one for remote unlock ([network.ssh])",
+    applies=lambda host, ctx: host.network.enable and host.network.ssh.enable,
+    contribute=contribute,
+)
