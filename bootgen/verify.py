@@ -7,6 +7,7 @@ random per-run token: a pass cannot come from anywhere but the real root's init.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 from . import disks, qemu, timeline
 from .build import build, kernel_version
 from .errors import BootError, BootgenError
+from .luksdisk import TEST_PASSPHRASE
 from .schema import Host
 
 BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
@@ -27,6 +29,8 @@ RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+
 FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
           r"You are in emergency mode.*", r"Cannot open access to console.*")
 BREAK = r"bootgen: break at (\S+)"
+# Passphrase prompts of both flavours (the scripted init; systemd-tty-ask-password-agent).
+PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for disk[^\n]*")
 
 Progress = Callable[[str], None]
 
@@ -44,6 +48,7 @@ class BootResult:
     stages: dict[str, timeline.Mark] = field(default_factory=dict)
     result: dict[str, str] = field(default_factory=dict)  # fields of the BOOTGEN-RESULT line
     tail: tuple[str, ...] = ()  # last console lines, for failures
+    prompts: int = 0  # passphrase prompts answered on the console
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -52,7 +57,7 @@ class BootResult:
             "build_seconds": round(self.build_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "stages": {s: {"guest": m.guest, "host": m.host} for s, m in self.stages.items()},
-            "result": self.result,
+            "result": self.result, "prompts": self.prompts,
         }
 
 
@@ -103,19 +108,28 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
     workdir.mkdir(parents=True, exist_ok=True)
     version = kernel_version(host, kver)
     image = workdir / f"{flavor}.img"
+    built, testroot = disks.build_disks(host, workdir, cache_dir=cache_dir, progress=progress)
+    # A detached LUKS header cannot be reproduced from the description's file: the test disks
+    # come with their own, and the image under test carries that one instead.
+    headers = {name: str(path) for d in built for name, path in d.headers.items()}
+    if headers:
+        host = dataclasses.replace(host, luks=tuple(
+            dataclasses.replace(lk, header=headers.get(lk.name, lk.header)) for lk in host.luks))
     if progress:
         progress(f"{flavor}: building the initrd")
     r = build(host, output=image, flavor=flavor, kver=version,
               manifest_path=workdir / f"{flavor}.json")
-    built, testroot = disks.build_disks(host, workdir, cache_dir=cache_dir, progress=progress)
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
     return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot,
                     kernel or qemu.default_kernel(version))
 
 
 def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
-         timeout: float = BOOT_TIMEOUT, progress: Progress | None = None) -> BootResult:
-    """Boot a prepared image once and judge the test root's verdict."""
+         timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
+         passphrases: Sequence[str] = (TEST_PASSPHRASE,)) -> BootResult:
+    """Boot a prepared image once and judge the test root's verdict. Passphrase prompts are
+    answered with `passphrases` in order (the last one repeats): the test disks' LUKS volumes
+    open with TEST_PASSPHRASE."""
     token = secrets.token_hex(8)
     cfg = qemu_config(host, prep, kernel_params(host, token, append))
     log = workdir / f"{prep.flavor}.log"
@@ -123,10 +137,17 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
         progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
     reason = ""
     result: dict[str, str] = {}
+    prompts = 0
     machine = qemu.Machine(cfg, log_path=log, name=f"{prep.flavor} boot")
     try:
         machine.start()
-        m = machine.wait_for_console_text("|".join([RESULT.pattern, *FAILED]), timeout)
+        waiting = "|".join([RESULT.pattern, *FAILED, PROMPT.pattern])
+        while True:
+            m = machine.wait_for_console_text(waiting, timeout)
+            if not PROMPT.fullmatch(m.group(0)) or prompts >= 10:
+                break
+            machine.send_console(passphrases[min(prompts, len(passphrases) - 1)] + "\n")
+            prompts += 1
         found = RESULT.search(m.group(0))
         if found is None:
             reason = f"stage one failed: {m.group(0).strip()}"
@@ -146,7 +167,7 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
     wall = lines[-1].host_seconds if lines else 0.0
     return BootResult(prep.flavor, not reason, reason, log, prep.image, prep.image_size,
                       prep.build_seconds, wall, timeline.marks(lines), result,
-                      tuple(line.text for line in lines[-40:]))
+                      tuple(line.text for line in lines[-40:]), prompts)
 
 
 def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: str) -> str:

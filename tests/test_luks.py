@@ -42,6 +42,10 @@ def test_crypttab_options(tmp_path: Path) -> None:
     assert crypttab_line(h.luks[0]) == (
         "cryptroot PARTLABEL=cryptroot /keys/root.key:LABEL=usb "
         "luks,tries=5,timeout=60s,keyfile-size=64,keyfile-timeout=10s")
+    h = loads(LUKS.replace('tries = 3', 'key_file_device = "LABEL=usb"\n'
+                           'key_file_path = "/keys/root.key"'))
+    assert crypttab_line(h.luks[0]) == (
+        "cryptroot PARTLABEL=cryptroot /keys/root.key:LABEL=usb luks,tries=3,headless=yes")
 
 
 @pytest.mark.parametrize("flavor", ["systemd", "scripted"])

@@ -48,6 +48,8 @@ def crypttab_line(lk: Luks) -> str:
         opts.append(f"keyfile-offset={lk.key_file_offset}")
     if lk.key_file_device and lk.fallback_to_password:
         opts.append("keyfile-timeout=10s")  # then ask for the passphrase
+    if (lk.key_file or lk.key_file_device) and not lk.fallback_to_password:
+        opts.append("headless=yes")  # a keyfile that fails must not turn into a prompt
     if lk.try_empty_passphrase:
         opts.append("try-empty-password=yes")
     opts += list(lk.options)
