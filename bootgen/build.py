@@ -65,6 +65,34 @@ class _Steps:
             self.times.append((name, time.perf_counter() - start))
 
 
+class DirCache:
+    """Compressed segments in a directory, by content key; writes are atomic, errors ignored
+    (a cache that cannot be written only makes the next build slower)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def default() -> DirCache | None:
+        if os.environ.get("BOOTGEN_CACHE", "").lower() in ("0", "off", "no"):
+            return None
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+        return DirCache(Path(base) / "bootgen" / "segments")
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return (self.directory / key).read_bytes()
+        except OSError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.directory / key, data)
+        except OSError:
+            pass
+
+
 def kernel_version(host: Host, override: str | None = None, root: str = "/") -> str:
     kver = override or host.kernel.version or kmod.newest_kernel(root)
     if not os.path.isdir(os.path.join(root, "lib/modules", kver)):
@@ -123,7 +151,7 @@ def build(
     with steps.step("resolving programs, libraries and modules"):
         image = resolve(spec, rendered, root=root)
     with steps.step(f"packing and compressing ({spec.compression})"):
-        packed = pack(image, root=root)
+        packed = pack(image, root=root, cache=DirCache.default(), progress=progress)
     data = packed.public if secrets_out else packed.data
     with steps.step("checking the image"):
         required = [e.path for e in image.entries if e.kind == "file" and e.mode & 0o111

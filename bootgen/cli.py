@@ -81,6 +81,9 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
                                         if r.packed.early else "")
                + (f", +{len(r.packed.secrets)} bytes secrets" if r.packed.secrets else ""))
     click.echo(f"  features  {', '.join(spec.features)}")
+    segs = ", ".join(f"{s.name} {_mb(len(s.data))}{' (cached)' if s.cached else ''}"
+                     for s in r.packed.segments)
+    click.echo(f"  segments  {segs}")
     click.echo(f"  sha256    {r.sha256}")
     click.echo(f"  time      {r.seconds:.2f} s")
     for w in r.image.warnings:

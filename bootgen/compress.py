@@ -22,7 +22,8 @@ from .cpio import Member, read_newc
 from .errors import BuildError
 
 METHODS = ("zstd", "gzip", "xz", "lz4", "none")
-DEFAULT_LEVELS: dict[str, int] = {"zstd": 3, "gzip": 9, "xz": 6, "lz4": 9}
+DEFAULT_LEVELS: dict[str, int] = {"zstd": 19, "gzip": 9, "xz": 6, "lz4": 9}
+ZSTD_LONG_WINDOW = 25  # 32 MiB window from level 17 up: libraries compress against each other
 LEVEL_RANGES: dict[str, tuple[int, int]] = {
     "zstd": (1, 22),
     "gzip": (0, 9),
@@ -83,6 +84,10 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
         return data
     lvl = _check_level(method, level)
     if method == "zstd":
+        if lvl >= 17:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                lvl, window_log=ZSTD_LONG_WINDOW, write_content_size=True)
+            return zstandard.ZstdCompressor(compression_params=params).compress(data)
         cctx = zstandard.ZstdCompressor(level=lvl, write_content_size=True, threads=0)
         return cctx.compress(data)
     if method == "gzip":

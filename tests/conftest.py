@@ -35,3 +35,22 @@ def needs_tool(name: str) -> pytest.MarkDecorator:
 @pytest.fixture(scope="session")
 def minimal() -> Host:
     return load(EXAMPLES / "minimal.toml")
+
+
+def unpack_image(image: Path, dest: Path) -> Path:
+    """Unpack every segment of an image with the zstd tool and GNU cpio (independent readers);
+    device nodes are skipped (they need root)."""
+    import subprocess
+
+    from bootgen.compress import read_image
+
+    data = image.read_bytes()
+    dest.mkdir(parents=True, exist_ok=True)
+    for seg in read_image(data):
+        raw = data[seg.offset:seg.end]
+        if seg.compression == "zstd":
+            raw = subprocess.run(["zstd", "-dc"], input=raw, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["cpio", "-i", "-d", "-u", "--quiet", "--no-absolute-filenames",
+                        "-D", dest, "--nonmatching", "dev/*"], input=raw, check=True)
+    return dest

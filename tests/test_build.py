@@ -123,21 +123,44 @@ def test_missing_library_names_the_binary(tmp_path: Path) -> None:
 
 @needs_tool("cpio")
 def test_gnu_cpio_reads_the_image(tmp_path: Path, minimal: Host) -> None:
-    r = build(minimal, output=tmp_path / "i.img", flavor="scripted", )
-    raw = subprocess.run(["zstd", "-dc", tmp_path / "i.img"], capture_output=True,
-                         check=True).stdout
-    listed = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
-                            check=True).stdout.decode().split()
-    ours = [m.name for seg in read_image((tmp_path / "i.img").read_bytes()) for m in seg.members]
-    assert listed == ours
-    assert {e.path.lstrip("/") for e in r.image.entries} <= set(listed)
+    """Every segment, decompressed by the zstd tool, is an archive GNU cpio lists and extracts
+    the same way as our reader; together they hold the whole image."""
+    r = build(minimal, output=tmp_path / "i.img", flavor="scripted")
+    data = (tmp_path / "i.img").read_bytes()
     dest = tmp_path / "x"
     dest.mkdir()
-    subprocess.run(["cpio", "-i", "-d", "--quiet", "--no-absolute-filenames", "-D", dest,
-                    "--nonmatching", "dev/*"], input=raw, check=True)
+    listed: list[str] = []
+    segments = read_image(data)
+    assert [s.compression for s in segments] == ["zstd"] * len(r.packed.segments)
+    for seg in segments:
+        raw = subprocess.run(["zstd", "-dc"], input=data[seg.offset:seg.end],
+                             capture_output=True, check=True).stdout
+        names = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
+                               check=True).stdout.decode().split()
+        assert names == [m.name for m in seg.members]
+        listed += names
+        subprocess.run(["cpio", "-i", "-d", "-u", "--quiet", "--no-absolute-filenames", "-D",
+                        dest, "--nonmatching", "dev/*"], input=raw, check=True)
+    assert {e.path.lstrip("/") for e in r.image.entries} <= set(listed)
     assert (dest / "init").read_bytes().startswith(b"#!/bin/sh")
     assert os.readlink(dest / "bin") == "usr/bin"
     assert (dest / "usr/bin/busybox").read_bytes() == Path("/usr/bin/busybox").read_bytes()
+
+
+def test_segments_by_feature_and_cache(tmp_path: Path, minimal: Host,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = build(minimal, output=tmp_path / "a.img", flavor="scripted")
+    names = [s.name for s in first.packed.segments]
+    assert names[0] == "layout" and names[-1] == "modules"
+    assert "scripted" in names
+    again = build(minimal, output=tmp_path / "b.img", flavor="scripted")
+    assert [s.cached for s in again.packed.segments] == [False] + [True] * (len(names) - 1)
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    monkeypatch.setenv("BOOTGEN_CACHE", "off")
+    cold = build(minimal, output=tmp_path / "c.img", flavor="scripted")
+    assert not any(s.cached for s in cold.packed.segments)
+    assert (tmp_path / "c.img").read_bytes() == (tmp_path / "a.img").read_bytes()
 
 
 @needs_tool("lsinitrd")

@@ -94,7 +94,8 @@ def test_zstd_writes_content_size() -> None:
     params = zstandard.get_frame_parameters(compress(data, "zstd"))
     assert params.content_size == len(data)
     assert params.dict_id == 0
-    assert compress(data, "zstd") != compress(data, "zstd", 19)
+    assert compress(data, "zstd") != compress(data, "zstd", 3)
+    assert compress(data, "zstd") == compress(data, "zstd", 19)  # the default level
 
 
 def test_lz4_legacy_blocks() -> None:

@@ -13,7 +13,7 @@ from bootgen.build import build
 from bootgen.config import loads
 from bootgen.schema import Host
 
-from .conftest import EXAMPLES, needs_kernel, needs_tool
+from .conftest import EXAMPLES, needs_kernel, needs_tool, unpack_image
 
 pytestmark = needs_kernel
 
@@ -29,12 +29,7 @@ needed_for_boot = true
 def unpack(host: Host, flavor: str, tmp_path: Path) -> Path:
     img = tmp_path / f"{flavor}.img"
     build(host, output=img, flavor=flavor)
-    dest = tmp_path / flavor
-    dest.mkdir()
-    raw = subprocess.run(["zstd", "-dc", img], capture_output=True, check=True).stdout
-    subprocess.run(["cpio", "-i", "-d", "--quiet", "--no-absolute-filenames", "-D", dest,
-                    "--nonmatching", "dev/*"], input=raw, check=True)
-    return dest
+    return unpack_image(img, tmp_path / flavor)
 
 
 @pytest.fixture(scope="module")
