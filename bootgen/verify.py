@@ -24,7 +24,7 @@ from .schema import Host
 
 BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
 RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+) "
-                    r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+)")
+                    r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+)[ \t]*\n")  # whole lines only
 # Lines that mean stage one gave up: stop waiting for the full timeout.
 FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
           r"You are in emergency mode.*", r"Cannot open access to console.*")
