@@ -216,3 +216,11 @@ def test_log_stages() -> None:
     del stages["/init"]
     assert boot.longest_step(stages) == "kernel → disk probed 3.66 s"
     assert boot.longest_step({}) == common.NA
+
+
+def test_other_qemus(tmp_path: Path) -> None:
+    for pid, comm in (("1", "systemd"), ("42", "qemu-system-x86"), ("43", "qemu-system-aar")):
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "comm").write_text(comm + "\n")
+    (tmp_path / "self").mkdir()  # not a pid
+    assert common.other_qemus(tmp_path) == 2

@@ -45,6 +45,29 @@ fstype = "ext4"
 options = ["rw"]
 """
 
+UUID_ROOT = """
+[[filesystems]]
+mountpoint = "/"
+device = "UUID=5b0e7a2c-3d4f-4e5a-8b6c-7d8e9f0a1b2c"
+fstype = "ext4"
+options = ["rw"]
+"""
+
+HELLO_UNIT = '''
+[systemd]
+wants = ["hello.service"]
+
+[systemd.units]
+"hello.service" = """
+[Unit]
+DefaultDependencies=no
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/echo HELLO-FROM-A-DESCRIBED-UNIT
+"""
+'''
+
 # root by PARTUUID on a GPT disk, /var by UUID on a second disk, mounted in stage one
 GPT_ROOT = """
 [[filesystems]]
@@ -78,15 +101,18 @@ def boot_ok(h: Host, flavor: str, work: Path, append: tuple[str, ...] = ()) -> B
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_root_by_label_rw(flavor: str, work: Path) -> None:
-    r = boot_ok(host(LABEL_ROOT), flavor, work)
+    r = boot_ok(host(LABEL_ROOT + HELLO_UNIT), flavor, work)
     assert r.result["root"] == "rw"
     assert r.result["init"] == "init"
     assert list(r.stages)[-1] == "real init"
+    # a unit from [systemd] units runs in the systemd flavour; the scripted one ignores it
+    said = "HELLO-FROM-A-DESCRIBED-UNIT" in r.log.read_text(errors="replace")
+    assert said == (flavor == "systemd")
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
-def test_ro_and_custom_init(flavor: str, work: Path) -> None:
-    r = boot_ok(host(LABEL_ROOT), flavor, work, append=("ro", "init=/sbin/altinit"))
+def test_root_by_uuid_ro_and_custom_init(flavor: str, work: Path) -> None:
+    r = boot_ok(host(UUID_ROOT), flavor, work, append=("ro", "init=/sbin/altinit"))
     assert r.result["root"] == "ro"
     assert r.result["init"] == "altinit"
 

@@ -49,14 +49,15 @@ host_keys = ["{keys / 'ssh_host_ed25519_key'}"]
 """
 
 
-@pytest.mark.parametrize("flavor", ["scripted", "systemd"])
-def test_unlock_over_ssh(flavor: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flavor,server", [("scripted", "dropbear"), ("systemd", "dropbear"),
+                                           ("scripted", "openssh"), ("systemd", "openssh")])
+def test_unlock_over_ssh(flavor: str, server: str, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.mkdir()
     for name in ("ssh_host_ed25519_key", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bootgen-test",
                         "-f", keys / name], check=True)
-    h = loads(host_text(keys, "dropbear"), "ssh.toml")
+    h = loads(host_text(keys, server), "ssh.toml")
     prep = prepare(h, flavor, tmp_path)
     port = free_port()
     token = secrets.token_hex(6)

@@ -25,11 +25,14 @@ def passwd(host: Host) -> bytes:
     lines = ["root:x:0:0:root:/root:/bin/sh"]
     if host.network.enable:  # systemd-networkd runs as this user
         lines.append("systemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin")
+    if host.network.ssh.enable and host.network.ssh.server == "openssh":  # privilege separation
+        lines.append("sshd:x:101:65534::/run/sshd:/usr/sbin/nologin")
     return "".join(line + "\n" for line in lines).encode()
 
 
 def groups(host: Host) -> tuple[tuple[str, int], ...]:
-    return GROUPS + ((("systemd-network", 998),) if host.network.enable else ())
+    return GROUPS + ((("systemd-network", 998),) if host.network.enable else ()) + (
+        (("nogroup", 65534),) if host.network.ssh.enable else ())
 
 
 def shadow_field(host: Host) -> str:

@@ -44,7 +44,6 @@ def contribute(host: Host, ctx: Context) -> Contribution:
     if not dropbear:
         generated.append(Generated("/etc/ssh/sshd_config", template="units/sshd_config.j2",
                                    view=view))
-        dirs.append(Dir("/run/sshd", 0o755))
     if ctx.flavor == "systemd":
         generated.append(Generated(f"{UNIT_DIR}/bootgen-sshd.service",
                                    template="units/bootgen-sshd.service.j2", view=view))
