@@ -1,0 +1,399 @@
+"""Boot benchmark: time to the real root's init, bootgen versus its peers, on one test root.
+
+Every image boots the same disks, the ones `bootgen verify` builds for examples/minimal.toml
+(an ext4 root LABEL=root on virtio), N times each, one QEMU at a time (TCG unless KVM really
+works, 1 CPU, 1 GiB), with `quiet`. The test root's /sbin/init prints its uptime
+(BOOTGEN-UPTIME) and a verdict carrying this boot's random token: the headline number is that
+guest uptime, i.e. when the real root's init ran. Host wall time from QEMU's start to that line
+is shown too (it adds QEMU start-up and the firmware).
+
+Images: bootgen systemd and scripted (`bootgen build`), dracut systemd and scripted for the
+same module set, initramfs-tools, and a hand-made busybox initrd that only insmods and mounts
+(benchmarks/handmade_init.sh). Peers get `root=LABEL=root rw`; bootgen's images do not: they
+know their root from the description, and root= on the command line makes bootgen's systemd
+image hand the root over to systemd-fstab-generator, another code path than the one measured.
+
+    .venv/bin/python benchmarks/boot.py --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import (
+    MINIMAL,
+    NA,
+    Recipe,
+    Stats,
+    Target,
+    bootgen_recipe,
+    build_handmade,
+    command_line,
+    fmt_mb,
+    fmt_ratio,
+    fmt_seconds,
+    fmt_stats,
+    kernel_release,
+    load_average,
+    machine_facts,
+    other_qemus,
+    package_version,
+    peer,
+    progress,
+    ratio,
+    render_facts,
+    render_table,
+    render_targets,
+    stats,
+    timed,
+    warn_if_busy,
+)
+
+from bootgen import config, disks, qemu, verify
+from bootgen.errors import BootgenError
+from bootgen.schema import Host
+
+DEFAULT_IMAGES = ("handmade", "bootgen-scripted", "bootgen-systemd", "dracut-scripted",
+                  "dracut-systemd", "initramfs-tools")
+OPTIONAL_IMAGES = ("dracut-default",)  # the generic image: ~25 s to build, only with --only
+ALL_IMAGES = DEFAULT_IMAGES + OPTIONAL_IMAGES
+PEER_PARAMS = ("root=LABEL=root", "rw")
+BOOT_TIMEOUT = 180.0
+
+# (numerator, denominator, goal) of the ratios shown; a goal limit of None: informational
+RATIOS: tuple[tuple[str, str, float | None], ...] = (
+    ("bootgen-scripted", "handmade", 1.25),
+    ("bootgen-systemd", "dracut-systemd", 0.6),
+    ("bootgen-systemd", "handmade", None),
+    ("bootgen-scripted", "dracut-scripted", None),
+    ("bootgen-scripted", "initramfs-tools", None),
+    ("bootgen-systemd", "dracut-default", None),
+)
+
+# Kernel lines (they carry the guest's own timestamp) seen in a boot without `quiet`
+_TS = r"^\[\s*(\d+\.\d+)\] "
+STAGE_MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("/init", re.compile(_TS + r"Run \S+ as init process")),
+    ("disk probed", re.compile(_TS + r"virtio_blk \S+: \[vd[a-z]+\]")),
+    ("root mounted", re.compile(_TS + r"EXT4-fs \(vd[a-z]+\d*\): mounted filesystem")),
+    ("switch root", re.compile(_TS + r"(?:systemd\[1\]: Switching root|"
+                               r"bootgen: switching to the root)")),
+    ("real init", re.compile(r"BOOTGEN-UPTIME (\d+(?:\.\d+)?)")),
+)
+STAGES = tuple(name for name, _ in STAGE_MARKERS)
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\r")
+
+
+def log_stages(text: str) -> dict[str, float]:
+    """Guest uptime of each stage marker's first occurrence in a console log."""
+    found: dict[str, float] = {}
+    for line in _ESCAPES.sub("", text).splitlines():
+        for name, pattern in STAGE_MARKERS:
+            m = pattern.search(line)
+            if m and name not in found:
+                found[name] = float(m.group(1))
+    return {s: found[s] for s in STAGES if s in found}
+
+
+def longest_step(stages: dict[str, float]) -> str:
+    """The longest interval between consecutive stages (kernel start = 0), e.g.
+    "/init → disk probed 1.20 s"."""
+    prev, prev_t, best, best_d = "kernel", 0.0, "", -1.0
+    for name in STAGES:
+        if name in stages:
+            d = stages[name] - prev_t
+            if d > best_d:
+                best, best_d = f"{prev} → {name}", d
+            prev, prev_t = name, stages[name]
+    return f"{best} {best_d:.2f} s" if best else NA
+
+
+@dataclass
+class Boot:
+    passed: bool
+    guest: float | None  # uptime at which the real root's init ran
+    wall: float | None  # host seconds from QEMU's start to that line
+    reason: str
+    log: Path
+    contended: bool = False  # another QEMU ran just before or just after this boot
+
+    def to_json(self) -> dict[str, object]:
+        return {"passed": self.passed, "guest": self.guest, "wall": self.wall,
+                "reason": self.reason, "log": str(self.log), "contended": self.contended}
+
+
+@dataclass
+class Image:
+    name: str
+    what: str
+    params: tuple[str, ...]
+    path: Path | None = None
+    size: int | None = None
+    build_seconds: float | None = None
+    error: str = ""  # why it could not be built
+    boots: list[Boot] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    stages_log: Path | None = None
+
+    def passed(self) -> list[Boot]:
+        return [b for b in self.boots if b.passed]
+
+    def guest(self) -> Stats | None:
+        return stats([b.guest for b in self.passed() if b.guest is not None])
+
+    def wall(self) -> Stats | None:
+        return stats([b.wall for b in self.passed() if b.wall is not None])
+
+    def status(self) -> str:
+        if self.error:
+            return self.error
+        failed = [b for b in self.boots if not b.passed]
+        if failed:
+            first = failed[0]
+            return f"FAILED {len(failed)}/{len(self.boots)}: {first.reason} (log {first.log})"
+        return "ok"
+
+    def to_json(self) -> dict[str, object]:
+        g, w = self.guest(), self.wall()
+        return {"name": self.name, "what": self.what, "params": list(self.params),
+                "size": self.size, "build_seconds": self.build_seconds, "error": self.error,
+                "boots": [b.to_json() for b in self.boots],
+                "guest": g.to_json() if g else None, "wall": w.to_json() if w else None,
+                "stages": self.stages, "stages_log": str(self.stages_log or "")}
+
+
+def recipe(name: str) -> Recipe | None:
+    if name == "bootgen-systemd":
+        return bootgen_recipe(MINIMAL, "systemd")
+    if name == "bootgen-scripted":
+        return bootgen_recipe(MINIMAL, "scripted")
+    if name == "handmade":
+        return None
+    return peer(name)
+
+
+def describe(name: str) -> str:
+    r = recipe(name)
+    if r is None:
+        return "busybox + insmod + mount"
+    return f"{r.tool} {r.flavour}, {r.what}"
+
+
+def build_image(img: Image, kver: str, out: Path) -> None:
+    r = recipe(img.name)
+    progress(f"building {img.name} ...")
+    if r is None:
+        t0 = time.monotonic()
+        try:
+            mods = build_handmade(kver, out)
+        except BootgenError as e:
+            img.error = f"build failed: {e.message}"
+            return
+        img.build_seconds = time.monotonic() - t0
+        progress(f"  hand-made modules, in load order: {' '.join(mods)}")
+    elif not r.installed():
+        img.error = f"{r.program} not installed"
+        return
+    else:
+        res = timed(r.argv(kver, out))
+        if not res.ok or not out.is_file():
+            img.error = f"build failed: {res.error or 'no image written'}"
+            return
+        img.build_seconds = res.seconds
+    img.path, img.size = out, out.stat().st_size
+    progress(f"  {img.name}: {fmt_mb(img.size)} MB in {img.build_seconds:.1f} s")
+
+
+def boot_once(host: Host, img: Image, tag: str, drives: tuple[qemu.Drive, ...],
+              testroot: disks.TestRoot, kernel: str, workdir: Path, params: Sequence[str],
+              timeout: float) -> tuple[Boot, dict[str, float]]:
+    assert img.path is not None and img.size is not None
+    prep = verify.Prepared(flavor=tag, image=img.path, image_size=img.size, build_seconds=0.0,
+                           drives=drives, testroot=testroot, kernel=kernel)
+    log = workdir / f"{tag}.log"
+    before = other_qemus()
+    try:
+        r = verify.boot(host, prep, workdir, append=list(params), timeout=timeout)
+    except BootgenError as e:
+        return Boot(False, None, None, e.message.splitlines()[0], log), {}
+    contended = bool(before or other_qemus())
+    mark = r.stages.get("real init")
+    guest = mark.guest if mark else None
+    wall = mark.host if mark else r.wall_seconds
+    try:
+        text = r.log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    return Boot(r.passed, guest, wall, r.reason, r.log, contended), log_stages(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Boot bootgen's images and its peers' on the same test root, one QEMU at "
+                    "a time, and compare the guest uptime at which the real root's init runs.",
+        epilog="images: " + ", ".join(DEFAULT_IMAGES) + " (default); "
+               + ", ".join(OPTIONAL_IMAGES) + " (only with --only)")
+    ap.add_argument("--runs", type=int, default=3, help="boots per image (default 3)")
+    ap.add_argument("--only", metavar="NAME,...",
+                    help="boot only these images (comma-separated names, see below)")
+    ap.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the tables as markdown (for docs/benchmarks.md)")
+    ap.add_argument("--timeout", type=float, default=BOOT_TIMEOUT,
+                    help=f"seconds per boot (default {BOOT_TIMEOUT:.0f})")
+    ap.add_argument("--no-stages", action="store_true",
+                    help="skip the extra boot without `quiet` per image (stage breakdown)")
+    ap.add_argument("--kernel-version", metavar="KVER", help="default: the newest installed")
+    ap.add_argument("--workdir", type=Path,
+                    help="where images and console logs go (default: a new temp directory "
+                         "whose images are removed at the end; the logs are kept)")
+    args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    names = list(DEFAULT_IMAGES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in ALL_IMAGES]
+        if unknown:
+            ap.error(f"unknown image {unknown[0]!r}; choose from {', '.join(ALL_IMAGES)}")
+
+    try:
+        kver = kernel_release(args.kernel_version)
+        kernel = qemu.default_kernel(kver)
+        host = config.load(MINIMAL)
+    except BootgenError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bootgen-bench-boot-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    accel = "kvm" if qemu.kvm_usable() else "tcg"
+    warn_if_busy()
+    facts = machine_facts(kver, {
+        "qemu": f"{package_version('qemu-system-x86')}, -accel {accel}, 1 CPU, 1024 MiB",
+        "dracut": package_version("dracut-core"),
+        "initramfs-tools": package_version("initramfs-tools"),
+        "busybox": package_version("busybox-static"),
+    })
+
+    progress(f"test disks for {MINIMAL.name} ...")
+    try:
+        built, testroot = disks.build_disks(host, workdir)
+    except BootgenError as e:
+        print(f"error: cannot build the test disks: {e.message}", file=sys.stderr)
+        return 1
+    drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
+
+    images = [Image(n, describe(n), () if n.startswith("bootgen-") else PEER_PARAMS)
+              for n in names]
+    for img in images:
+        build_image(img, kver, workdir / f"{img.name}.img")
+    bootable = [img for img in images if img.path is not None]
+
+    # Runs are interleaved (all images once, then again...) so that a change in the machine's
+    # load during the run spreads over all images instead of hitting one.
+    total, done = args.runs * len(bootable), 0
+    for run_no in range(1, args.runs + 1):
+        for img in bootable:
+            done += 1
+            b, _ = boot_once(host, img, f"{img.name}-{run_no}", drives, testroot, kernel,
+                             workdir, ["quiet", *img.params], args.timeout)
+            img.boots.append(b)
+            what = (f"real init at {fmt_seconds(b.guest)} s guest, {fmt_seconds(b.wall, 1)} s "
+                    f"wall" if b.passed else f"FAILED: {b.reason} (log {b.log})")
+            busy = " (another QEMU was running)" if b.contended else ""
+            progress(f"[{done}/{total}] {img.name} run {run_no}/{args.runs}: {what}{busy}")
+    if not args.no_stages:
+        for img in bootable:
+            b, marks = boot_once(host, img, f"{img.name}-verbose", drives, testroot, kernel,
+                                 workdir, list(img.params), args.timeout)
+            img.stages, img.stages_log = marks, b.log
+            progress(f"[stages] {img.name}: " + ", ".join(f"{k} {v:.2f}"
+                                                          for k, v in marks.items()))
+    facts["load average at end (1/5/15 min)"] = load_average()
+
+    report = render(images, facts, args, markdown=args.markdown)
+    print(report)
+    if args.json:
+        by = {img.name: img for img in images}
+        args.json.write_text(json.dumps({
+            "command": command_line(), "facts": facts, "runs": args.runs,
+            "images": [img.to_json() for img in images],
+            "targets": [t.to_json() for t in targets(by)],
+        }, indent=1) + "\n")
+    if not args.workdir:
+        for img in images:
+            if img.path is not None:
+                img.path.unlink(missing_ok=True)
+    progress(f"console logs: {workdir}")
+    return 0 if all(img.status() == "ok" for img in images) else 1
+
+
+def targets(by: dict[str, Image]) -> list[Target]:
+    out = []
+    for num, den, limit in RATIOS:
+        if limit is None:
+            continue
+        a, b = by.get(num), by.get(den)
+        ga, gb = a.guest() if a else None, b.guest() if b else None
+        r = ratio(ga.median if ga else None, gb.median if gb else None)
+        out.append(Target(f"boot to root: {num} ≤ {limit:g}× {den}", r, limit, fmt_ratio(r),
+                          f"median guest uptime {fmt_seconds(ga.median if ga else None)} s / "
+                          f"{fmt_seconds(gb.median if gb else None)} s"))
+    return out
+
+
+def render(images: list[Image], facts: dict[str, str], args: argparse.Namespace, *,
+           markdown: bool) -> str:
+    by = {img.name: img for img in images}
+    rows = []
+    for img in images:
+        g, w = img.guest(), img.wall()
+        rows.append([img.name, img.what, fmt_mb(img.size), f"{len(img.passed())}/{len(img.boots)}",
+                     fmt_stats(g), fmt_stats(w, 1), img.status()])
+    main_table = render_table(
+        ["image", "what", "size MB", "passed", "real init, guest s: median (min–max)",
+         "host wall s", "status"], rows, markdown=markdown)
+    ratio_rows = []
+    for num, den, limit in RATIOS:
+        if num not in by or den not in by:
+            continue
+        ga, gb = by[num].guest(), by[den].guest()
+        r = ratio(ga.median if ga else None, gb.median if gb else None)
+        size = ratio(by[num].size, by[den].size)
+        goal = NA if limit is None else f"≤ {limit:g}×"
+        ratio_rows.append([f"{num} / {den}", fmt_ratio(r), goal, fmt_ratio(size)])
+    ratio_table = render_table(["ratio", "boot to root", "goal", "image size"], ratio_rows,
+                               markdown=markdown)
+    parts = [("Boot to the real root's init", main_table), ("Ratios", ratio_table),
+             ("Targets", render_targets(targets(by), markdown=markdown))]
+    staged = [img for img in images if img.stages]
+    if staged:
+        stage_rows = [[img.name, *(fmt_seconds(img.stages.get(s)) for s in STAGES),
+                       longest_step(img.stages)] for img in staged]
+        parts.append(("Stages, guest uptime in s (one extra boot per image without `quiet`)",
+                      render_table(["image", *STAGES, "longest step"], stage_rows,
+                                   markdown=markdown)))
+    boots = [b for img in images for b in img.boots]
+    contended = sum(b.contended for b in boots)
+    head = (f"command: {command_line()}\n"
+            f"{args.runs} boot(s) per image, interleaved, one QEMU at a time; "
+            f"timeout {args.timeout:.0f} s per boot; other QEMUs running just before or after "
+            f"{contended} of the {len(boots)} timed boots")
+    facts_text = render_facts(facts, markdown=markdown)
+    if markdown:
+        body = "\n\n".join(f"**{title}**\n\n{table}" for title, table in parts)
+        return f"`{command_line()}`\n\n{head.splitlines()[1]}.\n\n{facts_text}\n\n{body}"
+    body = "\n\n".join(f"== {title}\n{table}" for title, table in parts)
+    return f"{head}\n\n{facts_text}\n\n{body}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
