@@ -18,12 +18,12 @@ tested without booting. Definitions used in the table:
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import stat
 import statistics
 import textwrap
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +31,11 @@ from typing import Any
 
 from . import compress, svg, timeline
 from .build import kernel_version
-from .errors import BootError, BootgenError, UsageError
+from .errors import UsageError
 from .features import FEATURES, Context
 from .schema import FLAVORS, Host
 from .spec import Contribution
-from .verify import BOOT_TIMEOUT, BootResult, Prepared, boot, default_workdir, prepare
+from .verify import BOOT_TIMEOUT, BootResult, Prepared, boot, default_workdir, in_parallel, prepare
 
 Progress = Callable[[str], None]
 
@@ -351,29 +351,17 @@ def compare(host: Host, runs: int, workdir: Path | None = None, *, kernel: str |
                      progress=progress) for f in FLAVORS]
     stats = {p.flavor: prepared_stats(p, work / f"{p.flavor}.json") for p in preps}
     results: dict[str, list[BootResult]] = {p.flavor: [] for p in preps}
-    errors: list[BaseException] = []
 
     def run(prep: Prepared) -> None:
-        try:
-            for i in range(1, runs + 1):
-                where = work / f"boot-{i}"
-                if progress:
-                    progress(f"{prep.flavor}: boot {i}/{runs} (console log: "
-                             f"{where / prep.flavor}.log)")
-                results[prep.flavor].append(boot(host, prep, where, append=append,
-                                                 timeout=timeout))
-        except BaseException as e:  # reported below, in the caller's thread
-            errors.append(e)
+        for i in range(1, runs + 1):
+            where = work / f"boot-{i}"
+            if progress:
+                progress(f"{prep.flavor}: boot {i}/{runs} (console log: "
+                         f"{where / prep.flavor}.log)")
+            results[prep.flavor].append(boot(host, prep, where, append=append,
+                                             timeout=timeout))
 
-    threads = [threading.Thread(target=run, args=(p,)) for p in preps]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        if isinstance(errors[0], BootgenError):
-            raise errors[0]
-        raise BootError(f"boot driver failed: {errors[0]!r}") from errors[0]
+    in_parallel([functools.partial(run, p) for p in preps])
     reports = tuple(FlavorReport(p.flavor, stats[p.flavor], tuple(results[p.flavor]))
                     for p in preps)
     return Comparison(Path(host.source).stem, runs, version, reports,

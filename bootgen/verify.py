@@ -8,6 +8,7 @@ random per-run token: a pass cannot come from anywhere but the real root's init.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import secrets
@@ -191,15 +192,25 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
     prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
                         progress=progress) for f in flavors]
     results: list[BootResult | None] = [None] * len(prepared)
-    errors: list[BaseException] = []
 
     def run(i: int) -> None:
+        results[i] = boot(host, prepared[i], work, append=append, progress=progress)
+
+    in_parallel([functools.partial(run, i) for i in range(len(prepared))])
+    return [r for r in results if r is not None]
+
+
+def in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run jobs in threads (one QEMU each); re-raise the first error in the caller's thread."""
+    errors: list[BaseException] = []
+
+    def guarded(job: Callable[[], None]) -> None:
         try:
-            results[i] = boot(host, prepared[i], work, append=append, progress=progress)
-        except BaseException as e:  # reported below, in the caller's thread
+            job()
+        except BaseException as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prepared))]
+    threads = [threading.Thread(target=guarded, args=(job,)) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:
@@ -208,7 +219,6 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
         if isinstance(errors[0], BootgenError):
             raise errors[0]
         raise BootError(f"boot driver failed: {errors[0]!r}") from errors[0]
-    return [r for r in results if r is not None]
 
 
 def shell(host: Host, flavor: str, stage: str, *, workdir: Path | None = None,
