@@ -8,17 +8,12 @@ interpreter and DT_NEEDED libraries are present in the image.
 
 from __future__ import annotations
 
-import io
 import posixpath
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
-from elftools.elf.elffile import ELFFile
-
-from . import compress
+from . import compress, elf
 from .cpio import Member
 from .errors import BuildError
 
@@ -88,19 +83,10 @@ def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> Checked:
     for path, m in sorted(view.members.items()):
         if not stat.S_ISREG(m.mode) or not m.data.startswith(b"\x7fELF") or path.endswith(".ko"):
             continue
-        try:
-            elf = ELFFile(io.BytesIO(m.data))
-            interp = None
-            for ph in elf.iter_segments():
-                if ph["p_type"] == "PT_INTERP":
-                    interp = ph.get_interp_name()  # type: ignore[attr-defined]
-            needed: list[str] = []
-            for sec in elf.iter_sections():
-                if isinstance(sec, DynamicSection):
-                    needed += [t.needed for t in sec.iter_tags()  # type: ignore[attr-defined]
-                               if t.entry.d_tag == "DT_NEEDED"]
-        except ELFError as e:
-            raise BuildError(f"{path} in the image is not a valid ELF file: {e}") from e
+        parsed = elf.parse_bytes(m.data, path)
+        if parsed is None:
+            raise BuildError(f"{path} in the image is not a valid ELF file")
+        interp, needed = parsed
         checked += 1
         if interp and view.lookup(interp) is None:
             raise BuildError(f"{path} needs its interpreter {interp}, missing from the image")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import io
 import json
 import os
 import struct
@@ -118,48 +119,58 @@ def _parse(hpath: str) -> _Obj | None:
 
 def _parse_uncached(hpath: str) -> _Obj | None:
     with open(hpath, "rb") as f:
-        ident = f.read(16)
-        if len(ident) < 16 or ident[:4] != ELF_MAGIC or ident[4] not in (1, 2):
-            return None
-        elfclass, little = (32 if ident[4] == 1 else 64), ident[5] == 1
-        try:
-            eh = struct_parse(_structs(little, elfclass, None, None, None).Elf_Ehdr, f, 0)
-            s = _structs(little, elfclass, eh["e_type"], eh["e_machine"], eh["e_ident"]["EI_OSABI"])
-            phdrs = [
-                struct_parse(s.Elf_Phdr, f, eh["e_phoff"] + i * eh["e_phentsize"])
-                for i in range(eh["e_phnum"])
-            ]
-            interp = None
-            tags: list[tuple[Any, int]] = []
-            for ph in phdrs:
-                if ph["p_type"] == "PT_INTERP":
-                    f.seek(ph["p_offset"])
-                    interp = f.read(ph["p_filesz"]).split(b"\0", 1)[0].decode()
-                elif ph["p_type"] == "PT_DYNAMIC" and not tags:
-                    size = s.Elf_Dyn.sizeof()
-                    for i in range(ph["p_filesz"] // size):
-                        d = struct_parse(s.Elf_Dyn, f, ph["p_offset"] + i * size)
-                        if d["d_tag"] == "DT_NULL":
-                            break
-                        tags.append((d["d_tag"], d["d_val"]))
-            strtab = _read_strtab(f, phdrs, tags)
+        return _parse_stream(f, hpath)
 
-            def strings(tag: str) -> list[str]:
-                return [strtab[v : strtab.index(b"\0", v)].decode() for t, v in tags if t == tag]
 
-            has_runpath = any(t == "DT_RUNPATH" for t, _ in tags)
-            return _Obj(
-                ident=(elfclass, little, str(eh["e_machine"])),
-                interp=interp,
-                needed=tuple(strings("DT_NEEDED")),
-                soname=next(iter(strings("DT_SONAME")), None),
-                # glibc ignores DT_RPATH when DT_RUNPATH is present
-                rpath=() if has_runpath else tuple(_split_path(strings("DT_RPATH"))),
-                runpath=tuple(_split_path(strings("DT_RUNPATH"))) if has_runpath else None,
-                nodeflib=bool(next((v for t, v in tags if t == "DT_FLAGS_1"), 0) & DF_1_NODEFLIB),
-            )
-        except Exception as e:  # struct, construct and decoding errors alike
-            raise BuildError(f"cannot parse ELF file {hpath}: {e}") from e
+def parse_bytes(data: bytes, name: str) -> tuple[str | None, tuple[str, ...]] | None:
+    """(PT_INTERP, DT_NEEDED) of an ELF file held in memory; None if it is not ELF."""
+    obj = _parse_stream(io.BytesIO(data), name)
+    return None if obj is None else (obj.interp, obj.needed)
+
+
+def _parse_stream(f: Any, hpath: str) -> _Obj | None:
+    ident = f.read(16)
+    if len(ident) < 16 or ident[:4] != ELF_MAGIC or ident[4] not in (1, 2):
+        return None
+    elfclass, little = (32 if ident[4] == 1 else 64), ident[5] == 1
+    try:
+        eh = struct_parse(_structs(little, elfclass, None, None, None).Elf_Ehdr, f, 0)
+        s = _structs(little, elfclass, eh["e_type"], eh["e_machine"], eh["e_ident"]["EI_OSABI"])
+        phdrs = [
+            struct_parse(s.Elf_Phdr, f, eh["e_phoff"] + i * eh["e_phentsize"])
+            for i in range(eh["e_phnum"])
+        ]
+        interp = None
+        tags: list[tuple[Any, int]] = []
+        for ph in phdrs:
+            if ph["p_type"] == "PT_INTERP":
+                f.seek(ph["p_offset"])
+                interp = f.read(ph["p_filesz"]).split(b"\0", 1)[0].decode()
+            elif ph["p_type"] == "PT_DYNAMIC" and not tags:
+                size = s.Elf_Dyn.sizeof()
+                for i in range(ph["p_filesz"] // size):
+                    d = struct_parse(s.Elf_Dyn, f, ph["p_offset"] + i * size)
+                    if d["d_tag"] == "DT_NULL":
+                        break
+                    tags.append((d["d_tag"], d["d_val"]))
+        strtab = _read_strtab(f, phdrs, tags)
+
+        def strings(tag: str) -> list[str]:
+            return [strtab[v : strtab.index(b"\0", v)].decode() for t, v in tags if t == tag]
+
+        has_runpath = any(t == "DT_RUNPATH" for t, _ in tags)
+        return _Obj(
+            ident=(elfclass, little, str(eh["e_machine"])),
+            interp=interp,
+            needed=tuple(strings("DT_NEEDED")),
+            soname=next(iter(strings("DT_SONAME")), None),
+            # glibc ignores DT_RPATH when DT_RUNPATH is present
+            rpath=() if has_runpath else tuple(_split_path(strings("DT_RPATH"))),
+            runpath=tuple(_split_path(strings("DT_RUNPATH"))) if has_runpath else None,
+            nodeflib=bool(next((v for t, v in tags if t == "DT_FLAGS_1"), 0) & DF_1_NODEFLIB),
+        )
+    except Exception as e:  # struct, construct and decoding errors alike
+        raise BuildError(f"cannot parse ELF file {hpath}: {e}") from e
 
 
 def _split_path(values: list[str]) -> list[str]:
