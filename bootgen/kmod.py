@@ -67,6 +67,8 @@ def modname(path_or_name: str) -> str:
 
 def _alias_normalize(alias: str) -> str:
     """libkmod's alias_normalize: "-" → "_" except inside [...] ranges."""
+    if "[" not in alias:  # the common case, on the hot path of reading modules.alias
+        return alias.replace("-", "_")
     out: list[str] = []
     depth = 0
     for ch in alias:
