@@ -343,14 +343,18 @@ class Recipe:
         return which(self.program) is not None or Path(self.program).is_file()
 
 
-def bootgen_recipe(example: Path, flavour: str) -> Recipe:
+def bootgen_recipe(example: Path, flavour: str, *, cold: bool = False) -> Recipe:
+    """bootgen building an example; `cold`: without its segment cache (BOOTGEN_CACHE=off), i.e.
+    what the very first build of a flavour on a machine costs."""
     def argv(kver: str, out: Path) -> list[str]:
-        return [*bootgen_argv(), "build", str(example), "-o", str(out), "--flavor", flavour,
-                "--kernel-version", kver]
+        env = ["env", "BOOTGEN_CACHE=off"] if cold else []
+        return [*env, *bootgen_argv(), "build", str(example), "-o", str(out), "--flavor",
+                flavour, "--kernel-version", kver]
 
-    return Recipe(f"bootgen-{flavour}" if example == MINIMAL else
-                  f"bootgen-{example.stem}-{flavour}", "bootgen", flavour,
-                  f"{example.stem}.toml", bootgen_argv()[0], argv)
+    name = f"bootgen-{flavour}" if example == MINIMAL else f"bootgen-{example.stem}-{flavour}"
+    return Recipe(name + ("-cold" if cold else ""), "bootgen", flavour,
+                  f"{example.stem}.toml" + (" (no cache)" if cold else ""), bootgen_argv()[0],
+                  argv)
 
 
 def dracut_argv(kind: str, kver: str, out: Path) -> list[str]:
