@@ -91,20 +91,12 @@ def _build(cls: type, raw: Any, key: str, name: str, problems: list[BootgenError
 _BAD = object()
 
 
+_TOML_TYPES = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+               (list, "an array"), (dict, "a table"))  # bool before int: bool is an int
+
+
 def _tname(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a float"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
+    return next((name for t, name in _TOML_TYPES if isinstance(v, t)), type(v).__name__)
 
 
 def _convert(tp: Any, v: Any, key: str, name: str, problems: list[BootgenError],
