@@ -25,12 +25,10 @@ SYSTEMD_SHARED = "/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"
 PROGRAMS = ["/bin/sh", SYSTEMD, "/usr/sbin/cryptsetup", "/usr/bin/udevadm", "/usr/bin/kmod"]
 
 
-def ldd(path: str) -> set[str] | None:
-    """Realpaths ldd prints (vdso ignored); None if ldd reports a library "not found"."""
-    out = run(["ldd", path], check=False).stdout.decode()
+def _loaded(output: str) -> set[str] | None:
+    """Realpaths in ldd-style output (vdso ignored); None if a library is "not found"."""
     found: set[str] = set()
-    for line in out.splitlines():
-        line = line.strip()
+    for line in output.splitlines():
         if "not found" in line:
             return None
         target = line.split("=>", 1)[1] if "=>" in line else line
@@ -38,6 +36,10 @@ def ldd(path: str) -> set[str] | None:
         if target.startswith("/"):
             found.add(os.path.realpath(target))
     return found
+
+
+def ldd(path: str) -> set[str] | None:
+    return _loaded(run(["ldd", path], check=False).stdout.decode())
 
 
 def traced(program: str) -> set[str] | None:
@@ -45,16 +47,7 @@ def traced(program: str) -> set[str] | None:
     $ORIGIN is computed as in a real exec (ldd runs "ld.so PROGRAM", which does not resolve a
     symlinked program's path)."""
     env = dict(os.environ, LD_TRACE_LOADED_OBJECTS="1")
-    out = run([program], env=env, check=False).stdout.decode()
-    found: set[str] = set()
-    for line in out.splitlines():
-        if "not found" in line:
-            return None
-        target = line.split("=>", 1)[1] if "=>" in line else line
-        target = target.split("(", 1)[0].strip()
-        if target.startswith("/"):
-            found.add(os.path.realpath(target))
-    return found
+    return _loaded(run([program], env=env, check=False).stdout.decode())
 
 
 def real_deps(c: elf.Closure) -> set[str]:

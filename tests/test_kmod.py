@@ -15,16 +15,8 @@ from bootgen import kmod
 from bootgen.errors import BuildError
 from bootgen.run import run, which
 
+from .conftest import KVER, needs_kernel  # noqa: E402
 
-def _host_kver() -> str | None:
-    try:
-        return kmod.newest_kernel()
-    except BuildError:
-        return None
-
-
-KVER = _host_kver()
-needs_kernel = pytest.mark.skipif(KVER is None, reason="no kernel modules installed")
 MODPROBE = which("modprobe")
 
 
