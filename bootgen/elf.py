@@ -18,7 +18,9 @@ Search order for a DT_NEEDED without "/" requested by object L (glibc's _dl_map_
 Dynamic string tokens: $ORIGIN/${ORIGIN} is the directory of the object as it was opened (for the
 program itself, the directory of its resolved path, as /proc/self/exe gives it); $LIB expands to
 "lib/<multiarch triplet>" (e.g. "lib/x86_64-linux-gnu"), which is what Debian's ld.so does
-(checked with LD_DEBUG=libs on bookworm); $PLATFORM to AT_PLATFORM ("x86_64" on amd64).
+(checked with LD_DEBUG=libs on bookworm); $PLATFORM to the platform glibc picks for this CPU
+("x86_64", or "haswell" where the CPU has its features: asked from ld.so itself, see
+`platform`).
 
 Not modelled: LD_LIBRARY_PATH/LD_PRELOAD of the build environment (deliberately ignored),
 glibc-hwcaps/ and legacy tls/ hwcap subdirectories (Debian installs no library only there), and
@@ -32,14 +34,14 @@ import glob
 import io
 import json
 import os
+import re
 import struct
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
-from elftools.elf.structs import ELFStructs
 
 from . import hostfs
 from .errors import BuildError
@@ -60,6 +62,36 @@ _ARCH: dict[tuple[str, int], tuple[str, str]] = {
     ("EM_PPC64", 64): ("powerpc64le-linux-gnu", "powerpc64le"),
     ("EM_S390", 64): ("s390x-linux-gnu", "s390x"),
 }
+
+
+# The dynamic loader of an architecture, run with --list-diagnostics to learn its platform.
+_LOADERS: dict[tuple[str, int], str] = {
+    ("EM_X86_64", 64): "/lib64/ld-linux-x86-64.so.2",
+    ("EM_AARCH64", 64): "/lib/ld-linux-aarch64.so.1",
+}
+_DL_PLATFORM = re.compile(r'^dl_platform="([^"]*)"', re.MULTILINE)
+
+
+@functools.cache
+def platform(machine: str, elfclass: int, root: str = "/") -> str:
+    """$PLATFORM as glibc's ld.so expands it on this machine.
+
+    glibc chooses it from the CPU (on x86-64 "haswell" or "xeon_phi" when the CPU has their
+    features, else "x86_64"), so the loader is asked: `ld.so --list-diagnostics` (glibc 2.33 and
+    later) prints dl_platform="...". Falls back to the architecture's base name when that loader
+    cannot run here (another architecture, an older glibc).
+    """
+    fallback = _ARCH.get((machine, elfclass), ("", ""))[1]
+    loader = _LOADERS.get((machine, elfclass))
+    if loader is None:
+        return fallback
+    try:
+        proc = subprocess.run([hostfs.host_path(loader, root), "--list-diagnostics"],
+                              capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return fallback
+    m = _DL_PLATFORM.search(proc.stdout.decode(errors="replace"))
+    return m.group(1) if m and m.group(1) else fallback
 
 
 @dataclass(frozen=True)
@@ -96,15 +128,6 @@ class _Obj:
     nodeflib: bool
 
 
-@functools.cache
-def _structs(little: bool, elfclass: int, e_type: Any, machine: Any, osabi: Any) -> ELFStructs:
-    s = ELFStructs(little_endian=little, elfclass=elfclass)
-    s.create_basic_structs()
-    if e_type is not None:
-        s.create_advanced_structs(e_type, machine, osabi)
-    return s
-
-
 _PARSED: dict[tuple[str, int, int, int, int], _Obj | None] = {}
 
 
@@ -132,61 +155,42 @@ def _parse_stream(f: Any, hpath: str) -> _Obj | None:
     ident = f.read(16)
     if len(ident) < 16 or ident[:4] != ELF_MAGIC or ident[4] not in (1, 2):
         return None
-    elfclass, little = (32 if ident[4] == 1 else 64), ident[5] == 1
+    f.seek(0)
     try:
-        eh = struct_parse(_structs(little, elfclass, None, None, None).Elf_Ehdr, f, 0)
-        s = _structs(little, elfclass, eh["e_type"], eh["e_machine"], eh["e_ident"]["EI_OSABI"])
-        phdrs = [
-            struct_parse(s.Elf_Phdr, f, eh["e_phoff"] + i * eh["e_phentsize"])
-            for i in range(eh["e_phnum"])
-        ]
+        elf = ELFFile(f)
         interp = None
-        tags: list[tuple[Any, int]] = []
-        for ph in phdrs:
-            if ph["p_type"] == "PT_INTERP":
-                f.seek(ph["p_offset"])
-                interp = f.read(ph["p_filesz"]).split(b"\0", 1)[0].decode()
-            elif ph["p_type"] == "PT_DYNAMIC" and not tags:
-                size = s.Elf_Dyn.sizeof()
-                for i in range(ph["p_filesz"] // size):
-                    d = struct_parse(s.Elf_Dyn, f, ph["p_offset"] + i * size)
-                    if d["d_tag"] == "DT_NULL":
+        tags: list[Any] = []
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_INTERP":
+                interp = seg.get_interp_name()
+            elif seg["p_type"] == "PT_DYNAMIC" and not tags:
+                for tag in seg.iter_tags():
+                    if tag.entry.d_tag == "DT_NULL":
                         break
-                    tags.append((d["d_tag"], d["d_val"]))
-        strtab = _read_strtab(f, phdrs, tags)
+                    tags.append(tag)
 
-        def strings(tag: str) -> list[str]:
-            return [strtab[v : strtab.index(b"\0", v)].decode() for t, v in tags if t == tag]
+        def strings(tag: str, attr: str) -> list[str]:
+            return [getattr(t, attr) for t in tags if t.entry.d_tag == tag]
 
-        has_runpath = any(t == "DT_RUNPATH" for t, _ in tags)
+        has_runpath = any(t.entry.d_tag == "DT_RUNPATH" for t in tags)
+        flags_1 = next((t.entry.d_val for t in tags if t.entry.d_tag == "DT_FLAGS_1"), 0)
         return _Obj(
-            ident=(elfclass, little, str(eh["e_machine"])),
+            ident=(elf.elfclass, elf.little_endian, str(elf["e_machine"])),
             interp=interp,
-            needed=tuple(strings("DT_NEEDED")),
-            soname=next(iter(strings("DT_SONAME")), None),
+            needed=tuple(strings("DT_NEEDED", "needed")),
+            soname=next(iter(strings("DT_SONAME", "soname")), None),
             # glibc ignores DT_RPATH when DT_RUNPATH is present
-            rpath=() if has_runpath else tuple(_split_path(strings("DT_RPATH"))),
-            runpath=tuple(_split_path(strings("DT_RUNPATH"))) if has_runpath else None,
-            nodeflib=bool(next((v for t, v in tags if t == "DT_FLAGS_1"), 0) & DF_1_NODEFLIB),
+            rpath=() if has_runpath else tuple(_split_path(strings("DT_RPATH", "rpath"))),
+            runpath=tuple(_split_path(strings("DT_RUNPATH", "runpath"))) if has_runpath
+            else None,
+            nodeflib=bool(flags_1 & DF_1_NODEFLIB),
         )
-    except Exception as e:  # struct, construct and decoding errors alike
+    except Exception as e:  # pyelftools' parse and decoding errors alike
         raise BuildError(f"cannot parse ELF file {hpath}: {e}") from e
 
 
 def _split_path(values: list[str]) -> list[str]:
     return [p for v in values for p in v.split(":")]
-
-
-def _read_strtab(f: Any, phdrs: list[Any], tags: list[tuple[Any, int]]) -> bytes:
-    addr = next((v for t, v in tags if t == "DT_STRTAB"), None)
-    size = next((v for t, v in tags if t == "DT_STRSZ"), 0)
-    if addr is None:
-        return b""
-    for ph in phdrs:
-        if ph["p_type"] == "PT_LOAD" and ph["p_vaddr"] <= addr < ph["p_vaddr"] + ph["p_filesz"]:
-            f.seek(addr - ph["p_vaddr"] + ph["p_offset"])
-            return bytes(f.read(size))
-    raise ValueError("DT_STRTAB is outside every PT_LOAD segment")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,10 +389,11 @@ class _Resolver:
     def expand(self, s: str, node: _Node | None, ident: tuple[int, bool, str] | None) -> str:
         if "$" not in s:
             return s
-        triplet, platform = _ARCH.get((ident[2], ident[0]), ("", "")) if ident else ("", "")
+        triplet = _ARCH.get((ident[2], ident[0]), ("", ""))[0] if ident else ""
         lib = f"lib/{triplet}" if triplet else "lib"
         origin = node.origin if node else "/"
-        for token, value in (("ORIGIN", origin), ("LIB", lib), ("PLATFORM", platform)):
+        plat = platform(ident[2], ident[0], self.root) if ident and "PLATFORM" in s else ""
+        for token, value in (("ORIGIN", origin), ("LIB", lib), ("PLATFORM", plat)):
             s = s.replace("${" + token + "}", value).replace("$" + token, value)
         return s
 

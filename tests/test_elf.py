@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -236,10 +238,17 @@ def test_rpath_is_inherited_runpath_is_not(cc: Cc) -> None:
         elf.closure([str(new)])
 
 
+def dl_platform() -> str:
+    """What this machine's ld.so expands $PLATFORM to: x86_64, or haswell, xeon_phi... by CPU."""
+    out = subprocess.run(["/lib64/ld-linux-x86-64.so.2", "--list-diagnostics"],
+                         capture_output=True, text=True, check=True).stdout
+    return re.search(r'^dl_platform="([^"]+)"', out, re.MULTILINE).group(1)  # type: ignore
+
+
 @needs_gcc
 def test_lib_and_platform_tokens(cc: Cc) -> None:
     lib = shared(cc, "app/lib/x86_64-linux-gnu/libfoo.so")
-    plat = shared(cc, "app/p/x86_64/libbar.so", "bar.c")
+    plat = shared(cc, f"app/p/{dl_platform()}/libbar.so", "bar.c")
     main = cc(
         "app/main",
         "main.c",
