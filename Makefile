@@ -46,11 +46,11 @@ test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check bootgen tests benchmarks
+	$(VENV)/bin/ruff check bootgen tests benchmarks tools
 	$(VENV)/bin/mypy bootgen
 
 docs: venv
-	$(VENV)/bin/python -m bootgen.docs > docs/config.md
+	$(VENV)/bin/python -m bootgen.description > docs/config.md
 
 clean:
 	rm -rf $(OUT) build dist

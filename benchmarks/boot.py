@@ -58,9 +58,11 @@ from common import (
     warn_if_busy,
 )
 
-from bootgen import config, disks, qemu, verify
+from bootgen import description as config
+from bootgen.config.schema import Host
 from bootgen.errors import BootgenError
-from bootgen.schema import Host
+from bootgen.vm import disks, qemu, verify
+from bootgen.vm.diskbuild import build_disks
 
 IMAGES = ("handmade", "bootgen-scripted", "bootgen-systemd", "dracut-scripted",
           "dracut-systemd", "dracut-default", "initramfs-tools")
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     progress(f"test disks for {MINIMAL.name} ...")
     try:
-        built, testroot = disks.build_disks(host, workdir)
+        built, testroot = build_disks(host, workdir)
     except BootgenError as e:
         print(f"error: cannot build the test disks: {e.message}", file=sys.stderr)
         return 1

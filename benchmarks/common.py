@@ -9,6 +9,7 @@ bootgen itself never calls them.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
@@ -20,9 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bootgen import compress, cpio, kmod
+from bootgen.archive import compress, cpio
 from bootgen.errors import BootgenError, CommandError
+from bootgen.image import kmod
 from bootgen.run import run, which
 
 HERE = Path(__file__).resolve().parent
@@ -349,7 +352,7 @@ def bootgen_recipe(example: Path, flavour: str, *, cold: bool = False) -> Recipe
     def argv(kver: str, out: Path) -> list[str]:
         env = ["env", "BOOTGEN_CACHE=off"] if cold else []
         return [*env, *bootgen_argv(), "build", str(example), "-o", str(out), "--flavor",
-                flavour, "--kernel-version", kver]
+                flavour, "--kernel-version", kver, "--manifest", str(manifest_path(out))]
 
     name = f"bootgen-{flavour}" if example == MINIMAL else f"bootgen-{example.stem}-{flavour}"
     return Recipe(name + ("-cold" if cold else ""), "bootgen", flavour,
@@ -427,10 +430,33 @@ def image_stats(data: bytes) -> ImageStats:
                       "+".join(dict.fromkeys(s.compression for s in segments)))
 
 
+def manifest_path(image: Path) -> Path:
+    """Where a bootgen recipe writes the manifest of its image."""
+    return image.with_name(image.name + ".json")
+
+
+def manifest_stats(image_bytes: int, manifest: dict[str, Any]) -> ImageStats:
+    """Sizes and counts of a bootgen image from its manifest: what pack recorded, nothing
+    decompressed again. Entries count paths (each once)."""
+    segments = manifest["segments"]
+    raw = manifest["early_bytes"] + sum(s["raw_bytes"] for s in segments) \
+        + manifest["secrets_bytes"]
+    rows = manifest["entries"]
+    kinds = ["none"] * bool(manifest["early_bytes"]) + [manifest["compression"]]
+    return ImageStats(image_bytes, raw, len(rows), sum(r["kind"] == "file" for r in rows),
+                      "+".join(dict.fromkeys(kinds)))
+
+
 def try_image_stats(path: Path) -> tuple[ImageStats | None, str]:
+    """Stats of any initrd; a bootgen image with its manifest beside it is not read again."""
     try:
+        manifest = manifest_path(path)
+        if manifest.is_file():
+            stats = manifest_stats(path.stat().st_size, json.loads(manifest.read_text()))
+            manifest.unlink()
+            return stats, ""
         return image_stats(path.read_bytes()), ""
-    except (OSError, BootgenError) as e:
+    except (OSError, BootgenError, ValueError, KeyError) as e:
         return None, str(getattr(e, "message", e))
 
 
@@ -493,7 +519,7 @@ def handmade_members(init: bytes, busybox: bytes, applets: Sequence[str],
 
 def build_handmade(kver: str, out: Path, *, busybox: Path | None = None) -> list[str]:
     """Write the hand-made initrd (zstd newc) to `out`; return its modules in load order."""
-    from bootgen.disks import find_busybox
+    from bootgen.vm.disks import find_busybox
 
     bb = busybox or find_busybox()
     files = handmade_module_files(kver)

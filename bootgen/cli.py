@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
-from . import __version__, config, inspect
+from . import __version__, description
+from .config.schema import FLAVORS
 from .errors import BootgenError
-from .schema import FLAVORS
+from .report import inspect
 
 
 def _mb(n: int) -> str:
@@ -66,9 +67,9 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
 def build(host: Path, output: Path, flavor: str | None, kver: str | None,
           manifest_path: Path | None, secrets_out: Path | None) -> None:
     """Build the initrd for HOST (a .toml description)."""
-    from .build import build as do_build
+    from .image.build import build as do_build
 
-    desc = config.load(host)
+    desc = description.load(host)
     r = do_build(desc, output=output, flavor=flavor, kver=kver, manifest_path=manifest_path,
                  secrets_out=secrets_out, progress=_progress)
     spec = r.image.spec
@@ -96,14 +97,12 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
 @kver_option
 def show(host: Path, flavor: str | None, kver: str | None) -> None:
     """Show the resolved description and what the image will contain, and why."""
-    from .build import kernel_version
-    from .plan import plan
-    from .render import modules_to_load, render
-    from .resolve import resolve
+    from .image.build import assemble
+    from .image.render import modules_to_load
 
-    desc = config.load(host)
-    spec = plan(desc, flavor=flavor, kver=kernel_version(desc, kver))
-    image = resolve(spec, render(spec))
+    desc = description.load(host)
+    image = assemble(desc, flavor=flavor, kver=kver)
+    spec = image.spec
     click.echo(f"host        {host}")
     click.echo(f"flavor      {spec.flavor}")
     click.echo(f"kernel      {spec.kver}")
@@ -178,9 +177,9 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST."""
     import json
 
-    from . import verify as v
+    from .vm import verify as v
 
-    desc = config.load(host)
+    desc = description.load(host)
     flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
     params = [p for a in append for p in a.split()]
     results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver, append=params,
@@ -213,9 +212,9 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
 def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: str | None,
           append: tuple[str, ...], workdir: Path | None) -> None:
     """Boot HOST's initrd in QEMU and give you its console at a breakpoint (Ctrl-a x quits)."""
-    from . import verify as v
+    from .vm import verify as v
 
-    desc = config.load(host)
+    desc = description.load(host)
     params = [p for a in append for p in a.split()]
 
     def ready() -> None:
@@ -230,7 +229,7 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 @click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
 def check(host: Path) -> None:
     """Validate a host description without building."""
-    config.load(host)
+    description.load(host)
     click.echo(f"{host}: ok")
 
 
@@ -252,11 +251,11 @@ def compare(host: Path, runs: int, svg_path: Path | None, png: bool, as_json: bo
     boot failed."""
     import json
 
-    from . import compare as cmp
-    from . import svg
-    from .build import write_atomic
+    from .paths import write_atomic
+    from .report import compare as cmp
+    from .report import svg
 
-    desc = config.load(host)
+    desc = description.load(host)
     params = [p for a in append for p in a.split()]
     c = cmp.compare(desc, runs, workdir, kernel=kernel, kver=kver, append=params,
                     progress=None if as_json else _progress)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import kmod
-from bootgen.config import load
-from bootgen.schema import Host
+from bootgen.config.schema import Host
+from bootgen.description import load
+from bootgen.image import kmod
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -42,7 +42,7 @@ def unpack_image(image: Path, dest: Path) -> Path:
     device nodes are skipped (they need root)."""
     import subprocess
 
-    from bootgen.compress import read_image
+    from bootgen.archive.compress import read_image
 
     data = image.read_bytes()
     dest.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bootgen import compress, cpio
+from bootgen.archive import compress, cpio
 
 from .conftest import KVER, REPO, needs_kernel
 
@@ -227,3 +227,20 @@ def test_other_qemus(tmp_path: Path) -> None:
         (tmp_path / pid / "comm").write_text(comm + "\n")
     (tmp_path / "self").mkdir()  # not a pid
     assert common.other_qemus(tmp_path) == 2
+
+
+@needs_kernel
+def test_bootgen_images_are_measured_from_their_manifest(tmp_path: Path) -> None:
+    """A bootgen image's sizes come from its manifest; they agree with reading it back."""
+    recipe = common.bootgen_recipe(REPO / "examples" / "luks.toml", "scripted")
+    out = tmp_path / "i.img"
+    assert KVER is not None
+    subprocess.run(recipe.argv(KVER, out), check=True, capture_output=True)
+    read_back = common.image_stats(out.read_bytes())
+    from_manifest, why = common.try_image_stats(out)
+    assert from_manifest is not None, why
+    assert not common.manifest_path(out).exists()
+    assert from_manifest.compressed == read_back.compressed
+    assert from_manifest.raw == read_back.raw
+    assert from_manifest.files == read_back.files
+    assert from_manifest.compression == read_back.compression

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import qemu
-from bootgen.config import loads
-from bootgen.schema import Host
-from bootgen.verify import BootResult, Prepared, boot, kernel_params, prepare
+from bootgen.config.schema import Host
+from bootgen.description import loads
+from bootgen.vm import qemu
+from bootgen.vm.verify import BootResult, Prepared, boot, kernel_params, prepare
 
 from .conftest import EXAMPLES, needs_kernel
 
@@ -186,8 +186,8 @@ def test_locked_rescue_says_how_to_enable_it(work: Path) -> None:
 
 def test_example_boots_in_both_flavours_without_edits(work: Path) -> None:
     """The same description, unchanged, boots with both flavours (verify --flavor both)."""
-    from bootgen.config import load
-    from bootgen.verify import verify
+    from bootgen.description import load
+    from bootgen.vm.verify import verify
 
     results = verify(load(EXAMPLES / "minimal.toml"), FLAVORS, workdir=work)
     assert [(r.flavor, r.passed) for r in results] == [(f, True) for f in FLAVORS], \

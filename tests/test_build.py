@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import build as build_mod
-from bootgen.build import build, write_atomic
-from bootgen.compress import read_image
-from bootgen.config import load, loads
+from bootgen.archive.compress import read_image
+from bootgen.config.schema import Host
+from bootgen.description import load, loads
 from bootgen.errors import BuildError
-from bootgen.schema import Host
+from bootgen.image import build as build_mod
+from bootgen.image.build import build
+from bootgen.paths import write_atomic
 
 from .conftest import EXAMPLES, needs_kernel, needs_tool
 

@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bootgen import compare as cmp
-from bootgen import cpio, svg, timeline
+from bootgen.archive.compress import read_image
 from bootgen.cli import main
-from bootgen.config import load
-from bootgen.verify import BootResult
+from bootgen.description import load
+from bootgen.image.build import BuildResult
+from bootgen.image.check import Checked
+from bootgen.image.pack import pack
+from bootgen.image.spec import Entry, Image, ImageSpec
+from bootgen.report import compare as cmp
+from bootgen.report import svg
+from bootgen.vm import timeline
+from bootgen.vm.verify import BootResult
 
 from .conftest import EXAMPLES, needs_kernel
 
@@ -153,14 +159,20 @@ def test_axis_ticks() -> None:
 
 def test_image_stats_counts_elf_programs_not_libraries() -> None:
     elf = b"\x7fELF" + b"\0" * 60
-    members = [cpio.Member("usr", 0o040755), cpio.Member("usr/bin/prog", 0o100755, data=elf),
-               cpio.Member("usr/lib/libc.so.6", 0o100755, data=elf),
-               cpio.Member("init", 0o100755, data=b"#!/bin/sh\n"),
-               cpio.Member("etc/data", 0o100644, data=elf)]
-    data = cpio.write_newc(members)
-    manifest = {"entries": [{"kind": "file"}] * 4 + [{"kind": "dir"}], "modules": ["ext4"]}
-    stats = cmp.image_stats(data, manifest, 1.5)
+    entries = (Entry("/usr", "dir", 0o755), Entry("/usr/bin/prog", "file", 0o755, data=elf),
+               Entry("/usr/lib/libc.so.6", "file", 0o755, data=elf),
+               Entry("/init", "file", 0o755, data=b"#!/bin/sh\n"),
+               Entry("/etc/data", "file", 0o644, data=elf))
+    spec = ImageSpec(flavor="scripted", kver="k", compression="none", compression_level=None,
+                     features=(), init="/init", programs=(), libraries=(), files=(),
+                     generated=(), hooks=(), symlinks=(), dirs=(), devnodes=(), modules=())
+    image = Image(spec, tuple(sorted(entries, key=lambda e: e.path)), ("ext4",), ())
+    packed = pack(image, early_microcode=False)
+    checked = Checked(members=5, elf_files=0)
+    stats = cmp.image_stats(BuildResult(None, image, packed, "", 1.5, checked, ()))
+    data = packed.data
     assert stats == cmp.ImageStats(1.5, len(data), len(data), 4, 1, 1)
+    assert read_image(data)[0].end == len(data)  # uncompressed: raw size is the archive
 
 
 def test_feature_difference_minimal() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from bootgen.compress import (
+from bootgen.archive.compress import (
     LZ4_LEGACY_MAGIC,
     METHODS,
     Segment,
@@ -22,7 +22,7 @@ from bootgen.compress import (
     detect,
     read_image,
 )
-from bootgen.cpio import Member, read_newc, write_newc
+from bootgen.archive.cpio import Member, read_newc, write_newc
 from bootgen.errors import BuildError
 from bootgen.run import run, which
 

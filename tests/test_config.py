@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bootgen.config import load, loads
+from bootgen.description import load, loads
 from bootgen.errors import DescriptionError
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))

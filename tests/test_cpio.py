@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bootgen.cpio import Member, read_newc, write_newc
+from bootgen.archive.cpio import Member, read_newc, write_newc
 from bootgen.errors import BuildError
 from bootgen.run import run, which
 

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import config, disks
-from bootgen.disks import BuiltDisk, DiskSpec, FsImage, Partition, build_disks, plan_disks
+from bootgen import description as config
+from bootgen.config.schema import Host
 from bootgen.errors import BuildError
+from bootgen.vm import disks
+from bootgen.vm.diskbuild import build_disks
+from bootgen.vm.disks import BuiltDisk, DiskSpec, FsImage, Partition, plan_disks
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "qemu" / "testroot-init.sh"
@@ -24,7 +27,7 @@ U1 = "0b3f1c2a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
 U2 = "c0ffee00-1234-4abc-9def-0123456789ab"
 
 
-def host(*filesystems: str, luks: str = "") -> config.Host:
+def host(*filesystems: str, luks: str = "") -> Host:
     text = HEAD + luks + "".join(f"[[filesystems]]\n{f}\n" for f in filesystems)
     return config.loads(text)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from bootgen.docs import generate
+from bootgen.description import reference as generate
 
 
 def test_config_reference_is_current() -> None:

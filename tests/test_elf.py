@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import elf
 from bootgen.errors import BuildError
+from bootgen.image import elf
 from bootgen.run import run
 
 HAVE_GCC = shutil.which("gcc") is not None

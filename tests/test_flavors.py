@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bootgen.build import build
-from bootgen.config import loads
-from bootgen.schema import Host
+from bootgen.config.schema import Host
+from bootgen.description import loads
+from bootgen.image.build import build
 
 from .conftest import EXAMPLES, needs_kernel, needs_tool, unpack_image
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import hostfs
 from bootgen.errors import BuildError
-from bootgen.hostfs import HostItem
+from bootgen.image import hostfs
+from bootgen.image.hostfs import HostItem
 
 
 @pytest.fixture()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from bootgen import kmod
 from bootgen.errors import BuildError
+from bootgen.image import kmod
 from bootgen.run import run, which
 
 from .conftest import KVER, needs_kernel  # noqa: E402

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bootgen.build import build
-from bootgen.compress import read_image
-from bootgen.config import loads
+from bootgen.archive.compress import read_image
+from bootgen.description import loads
 from bootgen.features.luks import crypttab_line
+from bootgen.image.build import build
 
 from .conftest import EXAMPLES, needs_kernel, needs_tool
 

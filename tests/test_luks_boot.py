@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import disks, qemu
-from bootgen.build import build
-from bootgen.config import loads
-from bootgen.luksdisk import TEST_PASSPHRASE
-from bootgen.schema import Host
-from bootgen.verify import BootResult, Prepared, boot, prepare
+from bootgen.config.schema import Host
+from bootgen.description import loads
+from bootgen.image.build import build
+from bootgen.vm import qemu
+from bootgen.vm.diskbuild import build_disks
+from bootgen.vm.luksdisk import TEST_PASSPHRASE
+from bootgen.vm.verify import BootResult, Prepared, boot, prepare
 
 from .conftest import EXAMPLES, KVER, needs_kernel
 
@@ -89,14 +90,14 @@ def test_keyfile_on_another_device(flavor: str, tmp_path: Path) -> None:
 def prepared_with_missing_key(flavor: str, tmp_path: Path, fallback: bool) -> tuple[Host,
                                                                                       Prepared]:
     """Disks with the keyfile at /root.key; an image that looks for /missing.key."""
-    built, testroot = disks.build_disks(keydev_host("/root.key", fallback), tmp_path)
+    built, testroot = build_disks(keydev_host("/root.key", fallback), tmp_path)
     h = keydev_host("/missing.key", fallback)
     img = tmp_path / f"{flavor}.img"
     r = build(h, output=img, flavor=flavor)
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
     assert KVER is not None
     return h, Prepared(flavor, img, len(r.packed.data), r.seconds, drives, testroot,
-                       qemu.default_kernel(KVER))
+                       qemu.default_kernel(KVER), r)
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from bootgen import config, diskbuild, disks, luksdisk
-from bootgen.disks import BuiltDisk, FsImage, Keyfile, Partition, build_disks, plan_disks
+from bootgen import description as config
 from bootgen.errors import BuildError
-from bootgen.luksdisk import TEST_PASSPHRASE, ExtraKey, Volume
+from bootgen.vm import diskbuild, disks, luksdisk
+from bootgen.vm.diskbuild import build_disks
+from bootgen.vm.disks import BuiltDisk, FsImage, Keyfile, Partition, plan_disks
+from bootgen.vm.luksdisk import TEST_PASSPHRASE, ExtraKey, Volume
 from tests.test_disks import REPO, U1, U2, cat, fs, host, needs_tools, probe, sbin
 
 needs_cryptsetup = pytest.mark.skipif(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bootgen.config import loads
-from bootgen.verify import BootResult, boot, prepare
+from bootgen.description import loads
+from bootgen.vm.verify import BootResult, boot, prepare
 
 from .conftest import EXAMPLES, needs_kernel
 

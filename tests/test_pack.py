@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bootgen import cpio
-from bootgen.check import check
-from bootgen.compress import read_image
+from bootgen.archive import cpio
+from bootgen.archive.compress import read_image
 from bootgen.errors import BuildError
-from bootgen.pack import microcode, pack
-from bootgen.spec import Entry, Image, ImageSpec
+from bootgen.image.check import check
+from bootgen.image.pack import microcode, pack
+from bootgen.image.spec import Entry, Image, ImageSpec
 
 
 def spec(compression: str = "zstd") -> ImageSpec:

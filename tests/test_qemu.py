@@ -17,9 +17,9 @@ from typing import Any
 import pexpect
 import pytest
 
-from bootgen import qemu
 from bootgen.errors import BootError, CommandError, UsageError
-from bootgen.qemu import (
+from bootgen.vm import qemu
+from bootgen.vm.qemu import (
     Drive,
     Machine,
     PortForward,
@@ -478,7 +478,7 @@ def test_usage_errors(fake_qemu: str, tmp_path: Path) -> None:
 
 def test_interact_hands_over_the_terminal(fake_qemu: str, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
-        from bootgen.qemu import Machine, QemuConfig
+        from bootgen.vm.qemu import Machine, QemuConfig
         cfg = QemuConfig(kernel="/k", initrd=None, append="", accel="tcg", qemu={fake_qemu!r})
         with Machine(cfg, log_path={str(tmp_path / "i.log")!r}) as m:
             m.start()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bootgen import qemu
-from bootgen.config import loads
-from bootgen.luksdisk import TEST_PASSPHRASE
-from bootgen.verify import kernel_params, prepare, qemu_config
+from bootgen.description import loads
+from bootgen.vm import qemu
+from bootgen.vm.luksdisk import TEST_PASSPHRASE
+from bootgen.vm.verify import kernel_params, prepare, qemu_config
 
 from .conftest import EXAMPLES, needs_kernel, needs_tool
 

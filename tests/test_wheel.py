@@ -21,7 +21,7 @@ def test_installed_wheel_renders_templates(tmp_path: Path) -> None:
     assert (target / "bootgen/data/scripts-legacy/init.sh.j2").is_file()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import bootgen.templates as t;"
+        "import bootgen.image.templates as t;"
         "root = str(t.data_root()); assert root.startswith(sys.argv[1]), root;"
         "print(t.render('units/system.conf.j2', {'device_timeout': 7}), end='')"
     )

@@ -1,54 +1,36 @@
-"""Features: each declares, in one place, what it adds to an image.
+"""Features: each declares, in one module, what it adds to an image and what it owns.
 
-A feature is a name, a one-line description, a predicate saying when it applies (for a host and a
-flavour) and a function returning a Contribution (programs, libraries, files, generated files,
-script hooks, kernel modules...). The planner (bootgen.plan) unions the contributions of every
-feature that applies. To add a capability, add a module here and list it in FEATURES.
+The registry below is the only list of features: the planner asks them in this order, the
+loader reads their sections, the reference documents them. To add a capability, write a module
+(see api.py and docs/architecture.md) and add it here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
-from ..schema import Host
-from ..spec import Contribution
+from ..config.schema import Section
+from . import base, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev
+from .api import Feature
 
+FEATURES: tuple[Feature, ...] = (
+    base.FEATURE,
+    scripted.FEATURE,
+    systemd.FEATURE,
+    udev.FEATURE,
+    luks.FEATURE,
+    network.FEATURE,
+    ssh.FEATURE,
+    fsck.FEATURE,
+    rescue.FEATURE,
+    extra.FEATURE,
+)
 
-@dataclass(frozen=True)
-class Context:
-    """What a feature may know besides the host description."""
+NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
-    flavor: str
-    kver: str
-
-
-@dataclass(frozen=True)
-class Feature:
-    name: str
-    doc: str
-    applies: Callable[[Host, Context], bool]
-    contribute: Callable[[Host, Context], Contribution]
-
-
-def _registry() -> tuple[Feature, ...]:
-    from . import base, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev
-
-    return (
-        base.FEATURE,
-        scripted.FEATURE,
-        systemd.FEATURE,
-        udev.FEATURE,
-        luks.FEATURE,
-        network.FEATURE,
-        ssh.FEATURE,
-        fsck.FEATURE,
-        rescue.FEATURE,
-        extra.FEATURE,
-    )
-
-
-FEATURES: tuple[Feature, ...] = _registry()
+# Every section of the description beyond the core, with the feature that owns it.
+SECTIONS: tuple[tuple[Section[Any], str], ...] = tuple(
+    (s, f.name) for f in FEATURES for s in f.sections)
 
 
 def by_name(name: str) -> Feature:

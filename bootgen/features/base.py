@@ -1,27 +1,32 @@
-"""base: the layout every image has, the device nodes, /etc/initrd-release, kernel modules."""
+"""base: the layout every image has, its device nodes, /etc/initrd-release, the root account
+and the standard groups, and the kernel modules the description names."""
 
 from __future__ import annotations
 
 from .. import __version__
-from ..schema import Host
-from ..spec import Contribution, DevNode, Dir, Generated, HostFile, Module, Symlink
-from . import Context, Feature
-
-# Kernel modules a filesystem type needs (the fs module's own dependencies follow from modules.dep).
-FS_MODULES: dict[str, tuple[str, ...]] = {
-    "ext4": ("ext4",),
-    "ext3": ("ext4",),
-    "ext2": ("ext4",),
-    "xfs": ("xfs",),
-    "btrfs": ("btrfs",),
-    "vfat": ("vfat", "nls_cp437", "nls_iso8859_1"),
-    "f2fs": ("f2fs",),
-    "squashfs": ("squashfs",),
-    "tmpfs": (),
-}
+from .api import (
+    Context,
+    Contribution,
+    DevNode,
+    Dir,
+    Feature,
+    Generated,
+    Group,
+    Host,
+    HostFile,
+    Module,
+    Symlink,
+    User,
+)
+from .common import FS_MODULES
 
 # The usr-merged layout of Debian: top-level directories are links into /usr.
 MERGED_USR = ("/bin", "/sbin", "/lib", "/lib64")
+
+# The groups udev rules name (50-udev-default.rules), with Debian's ids.
+GROUPS = (("root", 0), ("tty", 5), ("disk", 6), ("lp", 7), ("kmem", 15), ("dialout", 20),
+          ("cdrom", 24), ("floppy", 25), ("tape", 26), ("audio", 29), ("video", 44),
+          ("utmp", 43), ("input", 105), ("sgx", 106), ("kvm", 107), ("render", 108))
 
 
 def initrd_release(flavor: str) -> bytes:
@@ -32,6 +37,12 @@ def initrd_release(flavor: str) -> bytes:
         f'PRETTY_NAME="bootgen initrd ({flavor} stage one)"\n'
         f"VARIANT_ID={flavor}\n"
     ).encode()
+
+
+def root_password(host: Host) -> str:
+    """root's shadow field: the rescue password hash, empty (no password) or locked."""
+    return {"password": host.rescue.root_password_hash or "", "open": ""}.get(
+        host.rescue.access, "*")
 
 
 def contribute(host: Host, ctx: Context) -> Contribution:
@@ -54,12 +65,15 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         modules=tuple(Module(m, load=True) for m in host.kernel.modules)
         + tuple(Module(m, load=False) for m in host.kernel.available_modules)
         + tuple(Module(m, load=True) for m in fs_modules),
+        users=(User("root", 0, 0, "root", "/root", "/bin/sh", password=root_password(host)),),
+        groups=tuple(Group(name, gid) for name, gid in GROUPS),
     )
 
 
 FEATURE = Feature(
     name="base",
-    doc="Directory layout (usr-merged), /dev nodes, /etc/initrd-release, kernel modules",
+    doc="Directory layout (usr-merged), /dev nodes, /etc/initrd-release, root account, kernel "
+        "modules",
     applies=lambda host, ctx: True,
     contribute=contribute,
 )

@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-from ..schema import Host
-from ..spec import Contribution, Program
-from . import Context, Feature
-
-# fstype -> programs that check it (the first is what fsck.<type> runs).
-CHECKERS: dict[str, tuple[str, ...]] = {
-    "ext2": ("/usr/sbin/e2fsck", "/usr/sbin/fsck.ext2"),
-    "ext3": ("/usr/sbin/e2fsck", "/usr/sbin/fsck.ext3"),
-    "ext4": ("/usr/sbin/e2fsck", "/usr/sbin/fsck.ext4"),
-    "vfat": ("/usr/sbin/fsck.vfat",),
-    "f2fs": ("/usr/sbin/fsck.f2fs",),
-}
-
-
-def checked_types(host: Host) -> tuple[str, ...]:
-    return tuple(sorted({fs.fstype for fs in host.boot_filesystems
-                         if fs.fsck and fs.fstype in CHECKERS}))
+from .api import Context, Contribution, Feature, Host, Program
+from .common import CHECKERS, checked_types
 
 
 def contribute(host: Host, ctx: Context) -> Contribution:

@@ -9,10 +9,72 @@ host go to the separate secrets archive, never the reproducible main archive.
 
 from __future__ import annotations
 
-from ..schema import Host, Luks
-from ..spec import Contribution, Generated, Hook, HostFile, Module, Program
-from . import Context, Feature
-from .systemd import device_node
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .api import (
+    Context,
+    Contribution,
+    Feature,
+    Generated,
+    Hook,
+    Host,
+    HostFile,
+    Module,
+    Program,
+    Report,
+    Tables,
+    check_abs_path,
+    check_device,
+    check_positive,
+    matching,
+    setting,
+)
+from .common import device_node
+
+# a device-mapper name that crypttab, the init script and unit names can carry
+check_name = matching(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,126}", "a device-mapper name",
+                      "letters, digits, '-' and '_'")
+check_option = matching(r"[A-Za-z0-9_.:/=+-]+", "a crypttab option",
+                        "e.g. 'no-read-workqueue' or 'cipher=...'")
+
+
+def check_tries(value: int) -> tuple[str, str] | None:
+    if value < 1:
+        return (f"{value} tries would never ask", "use 1 or more")
+    return None
+
+
+@dataclass(frozen=True)
+class Luks:
+    """An encrypted (LUKS) block device opened by stage one as /dev/mapper/<name>."""
+
+    name: str = setting("Name of the opened device (/dev/mapper/<name>).", "", check=check_name)
+    device: str = setting("The encrypted device.", "", check=check_device)
+    key_file: str | None = setting(
+        "Keyfile on the build host, embedded in the separate secrets archive.", None,
+        check=check_abs_path)
+    key_file_device: str | None = setting(
+        "Device holding a keyfile read at boot (with `key_file_path`).", None, check=check_device)
+    key_file_path: str | None = setting("Path of the keyfile on `key_file_device`.", None,
+                                        check=check_abs_path)
+    key_file_size: int | None = setting("Bytes of the keyfile to use.", None, check=check_positive)
+    key_file_offset: int | None = setting("Offset of the key in the keyfile.", None,
+                                          check=check_positive)
+    header: str | None = setting("Detached LUKS header file on the build host.", None,
+                                 check=check_abs_path)
+    allow_discards: bool = setting("Pass discards (TRIM) through.", False)
+    fallback_to_password: bool = setting("Ask for the passphrase when the keyfile fails.", False)
+    try_empty_passphrase: bool = setting("Try an empty passphrase before asking.", False)
+    tries: int = setting("Passphrase attempts before giving up.", 3, check=check_tries)
+    timeout: int = setting("Seconds to wait for the passphrase; 0 = forever.", 0,
+                           check=check_positive)
+    options: tuple[str, ...] = setting("Extra crypttab options.", factory=tuple,
+                                       check=check_option)
+
+
+LUKS = Tables("luks", Luks)
 
 KEY_DIR = "/etc/bootgen/luks"
 # dm-crypt and the ciphers LUKS2 uses by default (aes-xts-plain64); AF_ALG for cryptsetup's
@@ -68,16 +130,52 @@ def luks_view(lk: Luks) -> dict[str, object]:
     }
 
 
+def devices(host: Host) -> Iterator[tuple[str, str]]:
+    for lk in LUKS.of(host):
+        yield f"/dev/mapper/{lk.name}", f"[[luks]] '{lk.name}'"
+
+
+def check(host: Host, report: Report) -> None:
+    add = report.add
+    volumes = LUKS.of(host)
+    for i, lk in enumerate(volumes):
+        for req in ("name", "device"):
+            if not getattr(lk, req):
+                add(f"luks[{i}].{req}", "missing", "every [[luks]] entry needs name and device")
+    names: dict[str, int] = {}
+    for i, lk in enumerate(volumes):
+        if lk.name in names:
+            add(f"luks[{i}].name", f"'{lk.name}' is also luks[{names[lk.name]}]")
+        names.setdefault(lk.name, i)
+        if (lk.key_file_device is None) != (lk.key_file_path is None):
+            add(f"luks[{i}].key_file_device", "key_file_device and key_file_path go together",
+                "set both, or neither")
+        if lk.key_file and lk.key_file_device:
+            add(f"luks[{i}].key_file", "key_file and key_file_device exclude each other",
+                "embed a keyfile or read it from a device, not both")
+        if lk.fallback_to_password and not (lk.key_file or lk.key_file_device):
+            add(f"luks[{i}].fallback_to_password", "there is no keyfile to fall back from",
+                "set key_file or key_file_device")
+    # a filesystem on /dev/mapper/X names a [[luks]] entry, unless another feature makes X
+    for i, fs in enumerate(host.filesystems):
+        if volumes and fs.device.startswith("/dev/mapper/") and fs.device not in report.provided:
+            mapped = fs.device.removeprefix("/dev/mapper/")
+            close = difflib.get_close_matches(mapped, names, n=1)
+            add(f"filesystems[{i}].device", f"no [[luks]] entry is named '{mapped}'",
+                f"did you mean '/dev/mapper/{close[0]}'?" if close else
+                "add a [[luks]] entry with that name")
+
+
 def contribute(host: Host, ctx: Context) -> Contribution:
     secrets: list[HostFile] = []
-    for lk in host.luks:
+    for lk in LUKS.of(host):
         if lk.key_file:
             secrets.append(HostFile(lk.key_file, target=key_path(lk), mode=0o400, secret=True))
         if lk.header:
             secrets.append(HostFile(lk.header, target=header_path(lk), mode=0o400, secret=True))
     modules = tuple(Module(m) for m in MODULES)
     if ctx.flavor == "systemd":
-        crypttab = "".join(crypttab_line(lk) + "\n" for lk in host.luks)
+        crypttab = "".join(crypttab_line(lk) + "\n" for lk in LUKS.of(host))
         return Contribution(
             programs=(Program("/usr/lib/systemd/systemd-cryptsetup"),
                       Program("/usr/lib/systemd/system-generators/systemd-cryptsetup-generator"),
@@ -91,8 +189,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
     return Contribution(
         programs=(Program("/usr/sbin/cryptsetup"),),
         files=tuple(secrets),
-        hooks=(Hook("pre-mount", "scripts-legacy/luks.sh.j2", order=20,
-                    view={"devices": [luks_view(lk) for lk in host.luks]}),),
+        hooks=(Hook("pre-mount", "scripts-legacy/luks.sh.j2",
+                    view={"devices": [luks_view(lk) for lk in LUKS.of(host)]}),),
         modules=modules,
     )
 
@@ -100,6 +198,9 @@ def contribute(host: Host, ctx: Context) -> Contribution:
 FEATURE = Feature(
     name="luks",
     doc="LUKS devices opened in stage one ([[luks]]), keys in the secrets archive",
-    applies=lambda host, ctx: bool(host.luks),
+    applies=lambda host, ctx: bool(LUKS.of(host)),
     contribute=contribute,
+    sections=(LUKS,),
+    check=check,
+    devices=devices,
 )

@@ -9,10 +9,63 @@ when flush_before_switch is set.
 
 from __future__ import annotations
 
-from ..schema import Host, Interface
-from ..spec import Contribution, Generated, Hook, HostFile, Module, Program, Symlink
-from . import Context, Feature
-from .systemd import UNIT_DIR
+from dataclasses import dataclass
+
+from .api import (
+    Context,
+    Contribution,
+    Feature,
+    Generated,
+    Group,
+    Hook,
+    Host,
+    HostFile,
+    Module,
+    Program,
+    Report,
+    Symlink,
+    Table,
+    User,
+    check_cidr,
+    check_ipv4,
+    check_mac,
+    check_positive,
+    matching,
+    setting,
+)
+from .common import UNIT_DIR
+
+# a kernel interface name: 1-15 bytes, no '/', ':', whitespace or quotes
+check_ifname = matching(r"[A-Za-z0-9_.-]{1,15}", "an interface name", "e.g. 'eth0' or 'enp1s0'")
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A network interface configured in stage one."""
+
+    name: str | None = setting("Interface name, e.g. eth0.", None, check=check_ifname)
+    mac: str | None = setting("Match by MAC address instead of name.", None, check=check_mac)
+    dhcp: bool = setting("Get an IPv4 address by DHCP.", False)
+    address: str | None = setting("Static IPv4 address with prefix.", None, check=check_cidr,
+                                  example='"10.0.2.15/24"')
+    gateway: str | None = setting("Default gateway.", None, check=check_ipv4)
+    dns: tuple[str, ...] = setting("DNS servers.", factory=tuple, check=check_ipv4)
+    mtu: int | None = setting("MTU in bytes.", None, check=check_positive)
+
+
+@dataclass(frozen=True)
+class Network:
+    """Networking in stage one."""
+
+    enable: bool = setting("Bring the network up in stage one.", False)
+    flush_before_switch: bool = setting("Remove addresses before switching to the real root.",
+                                        True)
+    timeout: int = setting("Seconds to wait for the network when it is needed.", 30,
+                           check=check_positive)
+    interfaces: tuple[Interface, ...] = setting("Interfaces to configure.", factory=tuple)
+
+
+NETWORK = Table("network", Network)
 
 # NIC drivers loaded on demand (udev or mdev load the one a device asks for).
 NIC_MODULES = ("virtio_net", "e1000", "e1000e")
@@ -27,8 +80,31 @@ def interface_view(i: int, itf: Interface) -> dict[str, object]:
             "dns": list(itf.dns), "mtu": itf.mtu}
 
 
+def check(host: Host, report: Report) -> None:
+    add = report.add
+    net = NETWORK.of(host)
+    for i, itf in enumerate(net.interfaces):
+        if (itf.name is None) == (itf.mac is None):
+            add(f"network.interfaces[{i}]", "give exactly one of name and mac")
+        if itf.dhcp and itf.address:
+            add(f"network.interfaces[{i}].address", "dhcp and a static address exclude each other",
+                "drop one")
+        if not itf.dhcp and not itf.address:
+            add(f"network.interfaces[{i}]", "neither dhcp nor address is set",
+                "set dhcp = true or address = \"a.b.c.d/nn\"")
+    if net.interfaces and not net.enable:
+        add("network.enable", "interfaces are described but the network is disabled",
+            "set enable = true")
+
+
+# systemd-networkd runs as this user (both flavours carry it, as they always have)
+ACCOUNTS = Contribution(
+    users=(User("systemd-network", 998, 998, "systemd Network Management"),),
+    groups=(Group("systemd-network", 998),))
+
+
 def contribute(host: Host, ctx: Context) -> Contribution:
-    net = host.network
+    net = NETWORK.of(host)
     interfaces = [interface_view(i, itf) for i, itf in enumerate(net.interfaces)]
     modules = tuple(Module(m, load=False) for m in NIC_MODULES)
     if ctx.flavor == "scripted":
@@ -37,11 +113,14 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                       Symlink("/usr/sbin/udhcpc", "../bin/busybox")),
             generated=(Generated("/etc/bootgen/udhcpc.script", mode=0o755,
                                  template="scripts-legacy/udhcpc.sh.j2"),),
-            hooks=(Hook("post-udev", "scripts-legacy/network.sh.j2", order=30,
+            hooks=(Hook("post-udev", "scripts-legacy/network.sh.j2",
                         view={"interfaces": interfaces, "timeout": net.timeout}),
-                   Hook("cleanup", "scripts-legacy/network-flush.sh.j2", order=80,
+                   # addresses go last, after the servers that use them have stopped
+                   Hook("cleanup", "scripts-legacy/network-flush.sh.j2", after=("ssh",),
                         view={"flush": net.flush_before_switch})),
             modules=modules,
+            users=ACCOUNTS.users,
+            groups=ACCOUNTS.groups,
         )
     generated = [
         Generated(f"/etc/systemd/network/95-bootgen-{i['index']}.network",
@@ -69,12 +148,16 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         generated=tuple(generated),
         symlinks=tuple(links) + (Symlink("/usr/sbin/ip", "../bin/busybox", weak=True),),
         modules=modules,
+        users=ACCOUNTS.users,
+        groups=ACCOUNTS.groups,
     )
 
 
 FEATURE = Feature(
     name="network",
     doc="network interfaces in stage one ([network], ip=, rd.neednet)",
-    applies=lambda host, ctx: host.network.enable,
+    applies=lambda host, ctx: NETWORK.of(host).enable,
     contribute=contribute,
+    sections=(NETWORK,),
+    check=check,
 )

@@ -7,11 +7,8 @@ by LABEL/UUID/PARTUUID/PARTLABEL with util-linux blkid.
 
 from __future__ import annotations
 
-from ..schema import Host
-from ..spec import Contribution, Generated, Program, Symlink
-from . import Context, Feature
-from .fsck import checked_types
-from .rescue import LOCKED_HINT, shell_access
+from .api import Context, Contribution, Feature, Generated, Host, Program, Symlink
+from .common import LOCKED_HINT, checked_types
 
 BUSYBOX = "/usr/bin/busybox"
 
@@ -50,7 +47,7 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         "init": host.boot.init,
         "device_timeout": host.boot.device_timeout,
         "shell_on_fail": host.rescue.shell_on_fail,
-        "shell_access": shell_access(host),
+        "shell_access": host.rescue.access,
         "locked_hint": LOCKED_HINT,
         "fsck_types": list(checked_types(host)),
     }

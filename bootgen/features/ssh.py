@@ -10,22 +10,69 @@ the init's prompt FIFO. The server is stopped before switching to the real root.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from ..schema import Host
-from ..spec import Contribution, Dir, Generated, Hook, HostFile, Program, Symlink
-from . import Context, Feature
-from .systemd import UNIT_DIR
+from .api import (
+    Context,
+    Contribution,
+    Dir,
+    Feature,
+    Generated,
+    Group,
+    Hook,
+    Host,
+    HostFile,
+    Program,
+    Report,
+    Symlink,
+    Table,
+    User,
+    check_port,
+    setting,
+)
+from .common import UNIT_DIR
+
+
+@dataclass(frozen=True)
+class Ssh:
+    """An SSH server in stage one, e.g. to type LUKS passphrases remotely."""
+
+    enable: bool = setting("Start an SSH server in stage one.", False)
+    port: int = setting("TCP port.", 22, check=check_port)
+    server: str = setting("Which server to use.", "dropbear", choices=("dropbear", "openssh"))
+    authorized_keys: tuple[str, ...] = setting(
+        "Public keys (the key text, or an absolute path to a file of keys).", factory=tuple)
+    host_keys: tuple[str, ...] = setting(
+        "Host private keys on the build host (OpenSSH format), packed as secrets.",
+        factory=tuple)
+
+
+SSH = Table("network.ssh", Ssh)
+
+
+def check(host: Host, report: Report) -> None:
+    ssh = SSH.of(host)
+    if not ssh.enable:
+        return
+    if not host.network.enable:
+        report.add("network.ssh.enable", "SSH needs the network", "set network.enable = true")
+    if not ssh.authorized_keys:
+        report.add("network.ssh.authorized_keys", "nobody could log in", "add a public key")
+    if not ssh.host_keys:
+        report.add("network.ssh.host_keys", "no host key given",
+                   "generate one: ssh-keygen -t ed25519 -N '' "
+                   "-f /etc/bootgen/ssh_host_ed25519_key")
 
 KEY_DIR = "/etc/bootgen/ssh"
 
 
 def host_key_targets(host: Host) -> list[tuple[str, str]]:
     """(host path, image path) of each host key."""
-    return [(k, f"{KEY_DIR}/{os.path.basename(k)}") for k in host.network.ssh.host_keys]
+    return [(k, f"{KEY_DIR}/{os.path.basename(k)}") for k in SSH.of(host).host_keys]
 
 
 def contribute(host: Host, ctx: Context) -> Contribution:
-    ssh = host.network.ssh
+    ssh = SSH.of(host)
     keys = host_key_targets(host)
     dropbear = ssh.server == "dropbear"
     secrets = tuple(HostFile(src, target=dst, mode=0o600, secret=True,
@@ -40,6 +87,10 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                   if ctx.flavor == "systemd" else "scripts-legacy/askpass.sh.j2", mode=0o755),
     ]
     programs = [Program("/usr/sbin/dropbear" if dropbear else "/usr/sbin/sshd")]
+    # OpenSSH's privilege separation runs as sshd; both servers' users map to nogroup
+    accounts = Contribution(
+        users=() if dropbear else (User("sshd", 101, 65534, home="/run/sshd"),),
+        groups=(Group("nogroup", 65534),))
     dirs = [Dir("/root/.ssh", 0o700), Dir("/root", 0o700)]
     if not dropbear:
         generated.append(Generated("/etc/ssh/sshd_config", template="units/sshd_config.j2",
@@ -50,17 +101,21 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         links = (Symlink(f"{UNIT_DIR}/sysinit.target.wants/bootgen-sshd.service",
                          "../bootgen-sshd.service"),)
         return Contribution(programs=tuple(programs), files=secrets, generated=tuple(generated),
-                            symlinks=links, dirs=tuple(dirs))
+                            symlinks=links, dirs=tuple(dirs), users=accounts.users,
+                            groups=accounts.groups)
     return Contribution(
         programs=tuple(programs), files=secrets, generated=tuple(generated), dirs=tuple(dirs),
-        hooks=(Hook("post-udev", "scripts-legacy/sshd.sh.j2", order=40, view=view),
-               Hook("cleanup", "scripts-legacy/sshd-stop.sh.j2", order=70, view=view)),
+        hooks=(Hook("post-udev", "scripts-legacy/sshd.sh.j2", view=view, after=("network",)),
+               Hook("cleanup", "scripts-legacy/sshd-stop.sh.j2", view=view)),
+        users=accounts.users, groups=accounts.groups,
     )
 
 
 FEATURE = Feature(
     name="ssh",
     doc="SSH server in stage one for remote unlock ([network.ssh])",
-    applies=lambda host, ctx: host.network.enable and host.network.ssh.enable,
+    applies=lambda host, ctx: host.network.enable and SSH.of(host).enable,
     contribute=contribute,
+    sections=(SSH,),
+    check=check,
 )

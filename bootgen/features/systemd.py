@@ -8,12 +8,51 @@ drop-ins for the emergency shell, the device timeout and journald forwarding.
 
 from __future__ import annotations
 
-from ..schema import Filesystem, Host
-from ..spec import Contribution, Generated, HostFile, Program, Symlink
-from . import Context, Feature
-from .rescue import LOCKED_HINT, shell_access
+from dataclasses import dataclass
 
-UNIT_DIR = "/usr/lib/systemd/system"
+from .api import (
+    Context,
+    Contribution,
+    Feature,
+    Filesystem,
+    Generated,
+    Host,
+    HostFile,
+    Program,
+    Symlink,
+    Table,
+    setting,
+)
+from .common import CHECKERS, LOCKED_HINT, UNIT_DIR, device_node, escape_path
+
+
+def check_unit_name(value: str) -> tuple[str, str] | None:
+    """A unit file or drop-in name relative to /etc/systemd/system."""
+    parts = value.split("/")
+    units = (".service", ".target", ".mount", ".socket", ".path", ".timer", ".swap",
+             ".automount", ".slice")
+    ok = (len(parts) == 1 and value.endswith(units)) or (
+        len(parts) == 2 and parts[0].endswith(tuple(u + ".d" for u in units))
+        and parts[1].endswith(".conf"))
+    if not ok or any(c.isspace() or c in "\\\"'" for c in value):
+        return (f"'{value}' is not a unit or drop-in name",
+                "e.g. 'hello.service' or 'sysroot.mount.d/override.conf'")
+    return None
+
+
+@dataclass(frozen=True)
+class Systemd:
+    """Additions to the systemd flavour."""
+
+    units: tuple[tuple[str, str], ...] = setting(
+        "Extra units or drop-ins: a table of file name (relative to /etc/systemd/system) to "
+        "its text.", factory=tuple, check=check_unit_name,
+        example='{ "hello.service" = "[Service]\\n..." }')
+    wants: tuple[str, ...] = setting("Units pulled in by initrd.target.", factory=tuple,
+                                     check=check_unit_name)
+
+
+SYSTEMD = Table("systemd", Systemd)
 
 # The upstream initrd unit chain and what it pulls in.
 UNITS = (
@@ -67,40 +106,11 @@ SHELL_APPLETS = (
 )
 
 
-def escape_path(path: str) -> str:
-    """systemd-escape --path."""
-    p = path.strip("/")
-    if not p:
-        return "-"
-    out = []
-    for i, ch in enumerate(p):
-        if ch == "/":
-            out.append("-")
-        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
-            out.append(ch)
-        else:
-            out.extend(f"\\x{b:02x}" for b in ch.encode())
-    return "".join(out)
-
-
-def device_node(device: str) -> str:
-    """The udev path systemd uses for a device reference (LABEL=x → /dev/disk/by-label/x)."""
-    for prefix, d in (("LABEL=", "by-label"), ("UUID=", "by-uuid"),
-                      ("PARTUUID=", "by-partuuid"), ("PARTLABEL=", "by-partlabel")):
-        if device.startswith(prefix):
-            value = device[len(prefix):]
-            if prefix in ("UUID=", "PARTUUID="):
-                value = value.lower()
-            return f"/dev/disk/{d}/" + "".join(
-                c if c.isalnum() or c in "#+-.:=@_" else f"\\x{ord(c):02x}" for c in value)
-    return device
-
-
 def mount_view(fs: Filesystem, timeout: int) -> dict[str, object]:
     what = device_node(fs.device)
     where = "/sysroot" + (fs.mountpoint if fs.mountpoint != "/" else "")
     fsck = ""
-    checkable = fs.fstype in ("ext2", "ext3", "ext4", "vfat", "f2fs")
+    checkable = fs.fstype in CHECKERS
     if fs.fsck and checkable and what.startswith("/dev/"):
         fsck = f"systemd-fsck@{escape_path(what)}.service"
     return {
@@ -125,12 +135,12 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         Generated("/usr/lib/systemd/system-generators/bootgen-generator",
                   template="units/bootgen-generator.sh.j2", mode=0o755,
                   view={"root": root_view, "init": host.boot.init,
-                        "network": host.network.enable}),
+                        "network": "network" in ctx.features}),
         Generated(f"{UNIT_DIR}/bootgen-break@.service", template="units/bootgen-break@.service.j2",
-                  view={"access": shell_access(host), "locked_hint": LOCKED_HINT}),
+                  view={"access": host.rescue.access, "locked_hint": LOCKED_HINT}),
         Generated(f"{UNIT_DIR}/emergency.service.d/bootgen.conf",
                   template="units/emergency-bootgen.conf.j2",
-                  view={"access": shell_access(host), "locked_hint": LOCKED_HINT}),
+                  view={"access": host.rescue.access, "locked_hint": LOCKED_HINT}),
         Generated(f"{UNIT_DIR}/debug-shell.service.d/bootgen.conf",
                   template="units/debug-shell.conf.j2"),
         Generated("/etc/systemd/system.conf.d/bootgen.conf", template="units/system.conf.j2",
@@ -149,12 +159,13 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                                    view={"m": view}))
         links.append(Symlink(f"{UNIT_DIR}/initrd-fs.target.requires/{view['unit']}",
                              f"../{view['unit']}"))
-    for name, text in host.systemd.units:
+    extra = SYSTEMD.of(host)
+    for name, text in extra.units:
         generated.append(Generated(f"/etc/systemd/system/{name}", content=text.encode(),
                                    reason="systemd.units"))
-    for unit in host.systemd.wants:
+    for unit in extra.wants:
         links.append(Symlink(f"/etc/systemd/system/initrd.target.wants/{unit}",
-                             f"../{unit}" if any(n == unit for n, _ in host.systemd.units)
+                             f"../{unit}" if any(n == unit for n, _ in extra.units)
                              else f"{UNIT_DIR}/{unit}", reason="systemd.wants"))
     links += [Symlink(f"/usr/bin/{a}", "busybox", weak=True) for a in SHELL_APPLETS]
     return Contribution(
@@ -170,4 +181,5 @@ FEATURE = Feature(
     doc="systemd as PID 1 with the upstream initrd units (modern flavour)",
     applies=lambda host, ctx: ctx.flavor == "systemd",
     contribute=contribute,
+    sections=(SYSTEMD,),
 )

@@ -6,10 +6,8 @@ RUN{program}=) are found by the resolver (bootgen.resolve reads the copied rules
 
 from __future__ import annotations
 
-from ..schema import Host
-from ..spec import Contribution, HostFile, Program, Symlink
-from . import Context, Feature
-from .systemd import UNIT_DIR
+from .api import Context, Contribution, Feature, Host, HostFile, Program, Symlink
+from .common import UNIT_DIR
 
 RULES_DIR = "/usr/lib/udev/rules.d"
 RULES = (

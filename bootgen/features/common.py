@@ -1,0 +1,75 @@
+"""Helpers shared by features: systemd names and paths, and what each filesystem type needs.
+
+Facts, not features: anything here is used by more than one feature module.
+"""
+
+from __future__ import annotations
+
+from ..config.schema import LOCKED_HINT
+from .api import Host
+
+__all__ = ["CHECKERS", "FS_MODULES", "LOCKED_HINT", "UNIT_DIR", "checked_types", "device_node",
+           "escape_path"]
+
+UNIT_DIR = "/usr/lib/systemd/system"
+
+# Kernel modules a filesystem type needs (the fs module's own dependencies follow from modules.dep).
+FS_MODULES: dict[str, tuple[str, ...]] = {
+    "ext4": ("ext4",),
+    "ext3": ("ext4",),
+    "ext2": ("ext4",),
+    "xfs": ("xfs",),
+    "btrfs": ("btrfs",),
+    "vfat": ("vfat", "nls_cp437", "nls_iso8859_1"),
+    "f2fs": ("f2fs",),
+    "squashfs": ("squashfs",),
+    "tmpfs": (),
+}
+
+# fstype -> programs that check it at boot (the first is what fsck.<type> runs).
+CHECKERS: dict[str, tuple[str, ...]] = {
+    "ext2": ("/usr/sbin/e2fsck", "/usr/sbin/fsck.ext2"),
+    "ext3": ("/usr/sbin/e2fsck", "/usr/sbin/fsck.ext3"),
+    "ext4": ("/usr/sbin/e2fsck", "/usr/sbin/fsck.ext4"),
+    "vfat": ("/usr/sbin/fsck.vfat",),
+    "f2fs": ("/usr/sbin/fsck.f2fs",),
+}
+
+
+def checked_types(host: Host) -> tuple[str, ...]:
+    """The fstypes stage one checks before mounting: those with a checker and fsck = true."""
+    return tuple(sorted({fs.fstype for fs in host.boot_filesystems
+                         if fs.fsck and fs.fstype in CHECKERS}))
+
+
+def escape_path(path: str) -> str:
+    """systemd-escape --path: "/" → "-", bytes outside [A-Za-z0-9:_.] → \\xNN (UTF-8)."""
+    p = path.strip("/")
+    if not p:
+        return "-"
+    out = []
+    for i, ch in enumerate(p):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def device_node(device: str) -> str:
+    """The udev path systemd uses for a device reference (LABEL=x → /dev/disk/by-label/x).
+
+    As udev's encode_devnode_name(): ASCII outside [A-Za-z0-9#+-.:=@_] becomes \\xNN, valid
+    UTF-8 (any non-ASCII character of a Python string) is kept."""
+    for prefix, d in (("LABEL=", "by-label"), ("UUID=", "by-uuid"),
+                      ("PARTUUID=", "by-partuuid"), ("PARTLABEL=", "by-partlabel")):
+        if device.startswith(prefix):
+            value = device[len(prefix):]
+            if prefix in ("UUID=", "PARTUUID="):
+                value = value.lower()
+            return f"/dev/disk/{d}/" + "".join(
+                c if not c.isascii() or c.isalnum() or c in "#+-.:=@_"
+                else f"\\x{ord(c):02x}" for c in value)
+    return device

@@ -1,0 +1,1 @@
+"""Reports for people: `bootgen compare`, the timeline picture, and reading images (ls, diff)."""

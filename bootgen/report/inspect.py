@@ -1,0 +1,101 @@
+"""Reading images: list any newc initrd (ours, dracut's, Debian's) and diff two of them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..archive import compress
+from ..archive.cpio import Member
+from ..errors import UsageError
+
+
+def read(path: Path) -> list[compress.Segment]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError("no such file", location=str(path)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read: {e.strerror}", location=str(path)) from None
+    return compress.read_image(data)
+
+
+def mode_string(mode: int) -> str:
+    return stat.filemode(mode)
+
+
+def ls_lines(segments: list[compress.Segment]) -> list[str]:
+    lines = []
+    for i, seg in enumerate(segments, 1):
+        size = sum(len(m.data) for m in seg.members if stat.S_ISREG(m.mode))
+        lines.append(f"== segment {i}: offset {seg.offset}, {seg.end - seg.offset} bytes, "
+                     f"{seg.compression}, {len(seg.members)} entries, {size} bytes of files")
+        for m in seg.members:
+            lines.append(_line(m))
+    return lines
+
+
+def _line(m: Member) -> str:
+    name = "/" + m.name.lstrip("./") if m.name not in (".", "") else "/"
+    if stat.S_ISLNK(m.mode):
+        return f"{mode_string(m.mode)} {0:>9} {name} -> {m.data.decode(errors='replace')}"
+    if stat.S_ISCHR(m.mode) or stat.S_ISBLK(m.mode):
+        return f"{mode_string(m.mode)} {m.rdev[0]:>5},{m.rdev[1]:<3} {name}"
+    return f"{mode_string(m.mode)} {len(m.data):>9} {name}"
+
+
+@dataclass(frozen=True)
+class Item:
+    mode: int
+    size: int
+    digest: str
+    target: str
+
+
+def _items(segments: list[compress.Segment]) -> dict[str, Item]:
+    out = {}
+    for seg in segments:
+        for m in seg.members:
+            name = "/" + m.name.lstrip("./")
+            target = m.data.decode(errors="replace") if stat.S_ISLNK(m.mode) else ""
+            out[name] = Item(m.mode, len(m.data), hashlib.sha256(m.data).hexdigest(), target)
+    return out
+
+
+def manifest_for(image: Path) -> dict[str, str]:
+    """path -> reason from the manifest written beside an image (IMAGE.json or STEM.json)."""
+    for cand in (image.with_name(image.name + ".json"), image.with_suffix(".json")):
+        if cand.is_file():
+            try:
+                data = json.loads(cand.read_text())
+                return {e["path"]: e.get("reason", "") for e in data.get("entries", [])}
+            except (ValueError, KeyError, TypeError):
+                return {}
+    return {}
+
+
+def diff_lines(a: Path, b: Path) -> list[str]:
+    ia, ib = _items(read(a)), _items(read(b))
+    why_a, why_b = manifest_for(a), manifest_for(b)
+    lines = []
+    for path in sorted(set(ia) | set(ib)):
+        x, y = ia.get(path), ib.get(path)
+        if x == y:
+            continue
+        if y is None:
+            lines.append(f"- {path}" + (f"   [{why_a[path]}]" if path in why_a else ""))
+        elif x is None:
+            lines.append(f"+ {path}" + (f"   [{why_b[path]}]" if path in why_b else ""))
+        else:
+            what = []
+            if x.mode != y.mode:
+                what.append(f"mode {mode_string(x.mode)} → {mode_string(y.mode)}")
+            if x.target != y.target:
+                what.append(f"target {x.target} → {y.target}")
+            elif x.digest != y.digest:
+                what.append(f"content ({x.size} → {y.size} bytes)")
+            lines.append(f"~ {path}: {', '.join(what)}")
+    return lines

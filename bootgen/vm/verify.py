@@ -1,0 +1,245 @@
+"""Stage `verify`: prove that a host description boots.
+
+Builds the initrd, builds (or reuses) disk images that mirror the described layout, boots the
+real kernel in QEMU against them and waits for the test root's verdict line, which carries a
+random per-run token: a pass cannot come from anywhere but the real root's init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import paths
+from ..config.schema import Host
+from ..errors import BootError, BootgenError
+from ..image.build import BuildResult, build, kernel_version
+from ..progress import Progress
+from . import disks, qemu, timeline
+from .diskbuild import build_disks
+from .luksdisk import TEST_PASSPHRASE
+
+BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
+RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+) "
+                    r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+)[ \t]*\n")  # whole lines only
+# Lines that mean stage one gave up: stop waiting for the full timeout.
+FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
+          r"You are in emergency mode.*", r"Cannot open access to console.*")
+BREAK = r"bootgen: break at (\S+)"
+# Passphrase prompts of both flavours (the scripted init; systemd-tty-ask-password-agent).
+PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for disk[^\n]*")
+
+
+
+@dataclass(frozen=True)
+class BootResult:
+    flavor: str
+    passed: bool
+    reason: str  # "" when passed
+    log: Path
+    image: Path
+    image_size: int
+    build_seconds: float
+    wall_seconds: float  # host seconds from QEMU start to the verdict (or failure)
+    stages: dict[str, timeline.Mark] = field(default_factory=dict)
+    result: dict[str, str] = field(default_factory=dict)  # fields of the BOOTGEN-RESULT line
+    tail: tuple[str, ...] = ()  # last console lines, for failures
+    prompts: int = 0  # passphrase prompts answered on the console
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "flavor": self.flavor, "passed": self.passed, "reason": self.reason,
+            "log": str(self.log), "image": str(self.image), "image_size": self.image_size,
+            "build_seconds": round(self.build_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "stages": {s: {"guest": m.guest, "host": m.host} for s, m in self.stages.items()},
+            "result": self.result, "prompts": self.prompts,
+        }
+
+
+def default_workdir(host: Host) -> Path:
+    return paths.cache_dir("verify", Path(host.source).stem)
+
+
+def expected_init(host: Host, append: Sequence[str]) -> str:
+    init = host.boot.init
+    for p in [*host.boot.kernel_params, *append]:
+        if p.startswith("init="):
+            init = p[len("init="):]
+    return os.path.basename(init)
+
+
+def kernel_params(host: Host, token: str, append: Sequence[str]) -> str:
+    return qemu.boot_append([*host.boot.kernel_params, *append, f"bootgen.token={token}"])
+
+
+def qemu_config(host: Host, prep: Prepared, append: str,
+                forwards: Sequence[qemu.PortForward] = ()) -> qemu.QemuConfig:
+    """The VM for a host: its disks, and user-mode networking when the host has a network
+    (the first interface's MAC when the description matches by MAC)."""
+    macs = [i.mac.lower() for i in host.network.interfaces if i.mac]
+    return qemu.QemuConfig(kernel=prep.kernel, initrd=str(prep.image), append=append,
+                           drives=prep.drives, net=host.network.enable or bool(forwards),
+                           mac=macs[0] if macs else qemu.QemuConfig.mac,
+                           forwards=tuple(forwards))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image and disks ready to boot."""
+
+    flavor: str
+    image: Path
+    image_size: int
+    build_seconds: float
+    drives: tuple[qemu.Drive, ...]
+    testroot: disks.TestRoot
+    kernel: str
+    build: BuildResult | None = None  # None for an image bootgen did not build
+
+
+def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None,
+            kver: str | None = None, cache_dir: Path | None = None,
+            progress: Progress | None = None) -> Prepared:
+    workdir.mkdir(parents=True, exist_ok=True)
+    version = kernel_version(host, kver)
+    image = workdir / f"{flavor}.img"
+    built, testroot = build_disks(host, workdir, cache_dir=cache_dir, progress=progress)
+    # A detached LUKS header cannot be reproduced from the description's file: the test disks
+    # come with their own, and the image under test carries that one instead.
+    headers = {name: str(path) for d in built for name, path in d.headers.items()}
+    if headers:
+        host = host.with_section("luks", tuple(
+            dataclasses.replace(lk, header=headers.get(lk.name, lk.header)) for lk in host.luks))
+    if progress:
+        progress(f"{flavor}: building the initrd")
+    r = build(host, output=image, flavor=flavor, kver=version,
+              manifest_path=workdir / f"{flavor}.json")
+    drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
+    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot,
+                    kernel or qemu.default_kernel(version), r)
+
+
+def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
+         timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
+         passphrases: Sequence[str] = (TEST_PASSPHRASE,)) -> BootResult:
+    """Boot a prepared image once and judge the test root's verdict. Passphrase prompts are
+    answered with `passphrases` in order (the last one repeats): the test disks' LUKS volumes
+    open with TEST_PASSPHRASE."""
+    token = secrets.token_hex(8)
+    cfg = qemu_config(host, prep, kernel_params(host, token, append))
+    log = workdir / f"{prep.flavor}.log"
+    if progress:
+        progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
+    reason = ""
+    result: dict[str, str] = {}
+    prompts = 0
+    machine = qemu.Machine(cfg, log_path=log, name=f"{prep.flavor} boot")
+    try:
+        machine.start()
+        waiting = "|".join([RESULT.pattern, *FAILED, PROMPT.pattern])
+        while True:
+            m = machine.wait_for_console_text(waiting, timeout)
+            if not PROMPT.fullmatch(m.group(0)) or prompts >= 10:
+                break
+            machine.send_console(passphrases[min(prompts, len(passphrases) - 1)] + "\n")
+            prompts += 1
+        found = RESULT.search(m.group(0))
+        if found is None:
+            reason = f"stage one failed: {m.group(0).strip()}"
+        else:
+            keys = ("token", "disk", "init", "root", "mounts", "verdict", "net")
+            result = dict(zip(keys, found.groups(), strict=True))
+            reason = _judge(result, token, prep.testroot, expected_init(host, append))
+            try:
+                machine.wait_for_exit(30)
+            except BootError:
+                pass
+    except BootError as e:
+        reason = e.message.splitlines()[0]
+    finally:
+        machine.shutdown()
+    lines = machine.lines
+    wall = lines[-1].host_seconds if lines else 0.0
+    return BootResult(prep.flavor, not reason, reason, log, prep.image, prep.image_size,
+                      prep.build_seconds, wall, timeline.marks(lines), result,
+                      tuple(line.text for line in lines[-40:]), prompts)
+
+
+def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: str) -> str:
+    if result["token"] != token:
+        return f"the verdict carries token {result['token']}, not this run's {token}"
+    if result["disk"] != testroot.disk_id:
+        return f"the root that booted is not the test disk (disk id {result['disk']})"
+    if result["init"] != init:
+        return f"the real root ran {result['init']}, expected {init}"
+    if result["verdict"] != "PASS":
+        return f"the test root found mounts={result['mounts']}"
+    return ""
+
+
+def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
+           kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
+           cache_dir: Path | None = None, progress: Progress | None = None
+           ) -> list[BootResult]:
+    """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
+    work = workdir or default_workdir(host)
+    prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
+                        progress=progress) for f in flavors]
+    results: list[BootResult | None] = [None] * len(prepared)
+
+    def run(i: int) -> None:
+        results[i] = boot(host, prepared[i], work, append=append, progress=progress)
+
+    in_parallel([functools.partial(run, i) for i in range(len(prepared))])
+    return [r for r in results if r is not None]
+
+
+def in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run jobs in threads (one QEMU each); re-raise the first error in the caller's thread."""
+    errors: list[BaseException] = []
+
+    def guarded(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        if isinstance(errors[0], BootgenError):
+            raise errors[0]
+        raise BootError(f"boot driver failed: {errors[0]!r}") from errors[0]
+
+
+def shell(host: Host, flavor: str, stage: str, *, workdir: Path | None = None,
+          kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
+          cache_dir: Path | None = None, progress: Progress | None = None,
+          before_interact: Callable[[], None] | None = None) -> int:
+    """Boot to a breakpoint and hand the console to the user; return QEMU's exit status."""
+    work = workdir or default_workdir(host)
+    prep = prepare(host, flavor, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
+                   progress=progress)
+    token = secrets.token_hex(8)
+    params = [*append, f"rd.break={stage}"]
+    cfg = qemu_config(host, prep, kernel_params(host, token, params))
+    if progress:
+        progress(f"{flavor}: booting to rd.break={stage}; Ctrl-a x quits QEMU")
+    with qemu.Machine(cfg, log_path=work / f"{flavor}-shell.log", name="shell") as machine:
+        machine.start()
+        machine.wait_for_console_text(BREAK, BOOT_TIMEOUT)
+        if before_interact:
+            before_interact()
+        machine.interact()
+        return machine.wait_for_exit(10)
