@@ -16,6 +16,19 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never touch the user's cache: one cache for the whole run (segments, test disks,
+    verify workdirs), shared by the xdist workers so that they build each disk once."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, shared by popen-gw0, popen-gw1...
+    cache = base / "xdg-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    return cache
+
+
 def _kernel() -> str | None:
     try:
         return kmod.newest_kernel()

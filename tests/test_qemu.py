@@ -276,17 +276,52 @@ def test_kvm_probe_reads_the_firmware_output(
 
 def test_kvm_usable_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    def check(text: str, probe: object) -> bool:
-        calls.append(text)
-        return False
 
-    monkeypatch.setattr(qemu, "kvm_check", check)
-    qemu.kvm_usable.cache_clear()
+    def judge(cpuinfo: str, exists: bool, accessible: bool, probe: object) -> tuple[bool, str]:
+        calls.append(cpuinfo)
+        return False, "no"
+
+    monkeypatch.setattr(qemu, "judge_kvm", judge)
+    qemu.kvm_verdict.cache_clear()
     try:
         assert qemu.kvm_usable() is False and qemu.kvm_usable() is False
         assert len(calls) == 1
     finally:
-        qemu.kvm_usable.cache_clear()
+        qemu.kvm_verdict.cache_clear()
+
+
+def test_kvm_verdict_says_why_in_one_line() -> None:
+    vmx = "flags\t: fpu vmx sse\n"
+    probed: list[int] = []
+
+    def probe() -> bool:
+        probed.append(1)
+        return True
+
+    assert qemu.judge_kvm("flags\t: fpu sse\n", True, True, probe)[1].startswith(
+        "the CPU shows no VT-x/AMD-V")
+    assert "does not exist" in qemu.judge_kvm(vmx, False, True, probe)[1]
+    assert "add yourself to the kvm group" in qemu.judge_kvm(vmx, True, False, probe)[1]
+    assert probed == []  # nothing is started when the answer is known
+    assert qemu.judge_kvm(vmx, True, True, probe) == (True, "")
+    assert qemu.judge_kvm(vmx, True, True, lambda: False) == (False,
+                                                              "a KVM test boot did not start")
+    for line in (qemu.accel_line(),):
+        assert "\n" not in line and ("KVM" in line or "TCG" in line)
+
+
+def test_unreadable_kernel_is_named_with_the_fix(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz-x"
+    kernel.write_bytes(b"MZ")
+    kernel.chmod(0o600)
+    if os.access(kernel, os.R_OK) and os.geteuid() == 0:
+        kernel.chmod(0o000)  # root reads anything; only a file no one may read shows it
+    if os.access(kernel, os.R_OK):
+        pytest.skip("root can read the file anyway")
+    with pytest.raises(UsageError) as e:
+        qemu.readable_kernel(str(kernel))
+    assert f"cannot read the kernel {kernel}" in e.value.message
+    assert e.value.hint.startswith(f"sudo chmod 0644 {kernel}")
 
 
 def test_kvm_not_usable_on_this_host() -> None:

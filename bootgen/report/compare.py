@@ -34,7 +34,7 @@ from ..image.build import BuildResult, kernel_version
 from ..image.plan import plan
 from ..image.spec import ImageSpec
 from ..progress import Progress
-from ..vm import timeline
+from ..vm import qemu, timeline
 from ..vm.verify import (
     BOOT_TIMEOUT,
     BootResult,
@@ -363,6 +363,8 @@ def compare(host: Host, runs: int, workdir: Path | None = None, *, kernel: str |
         raise UsageError(f"--runs must be at least 1, not {runs}")
     work = workdir or default_compare_workdir(host)
     version = kernel_version(host, kver)
+    if progress:
+        progress(qemu.accel_line())
     preps = [prepare(host, f, work, kernel=kernel, kver=version, cache_dir=cache_dir,
                      progress=progress) for f in FLAVORS]
     stats = {p.flavor: image_stats(p.build) for p in preps if p.build is not None}

@@ -197,14 +197,41 @@ def kvm_probe(qemu: str = "qemu-system-x86_64", timeout: float = KVM_PROBE_TIMEO
     return proc.returncode == 0 and b"Running on KVM" in proc.stdout
 
 
-@functools.cache
 def kvm_usable(qemu: str = "qemu-system-x86_64") -> bool:
     """Whether `-accel kvm` really runs guests here; checked once per process."""
+    return kvm_verdict(qemu)[0]
+
+
+@functools.cache
+def kvm_verdict(qemu: str = "qemu-system-x86_64") -> tuple[bool, str]:
+    """(KVM usable, why not): the reason is one line for people, "" when KVM works.
+    Checked once per process."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return False
-    return kvm_check(cpuinfo, lambda: kvm_probe(qemu))
+        cpuinfo = ""
+    return judge_kvm(cpuinfo, os.path.exists("/dev/kvm"),
+                     os.access("/dev/kvm", os.R_OK | os.W_OK), lambda: kvm_probe(qemu))
+
+
+def judge_kvm(cpuinfo: str, exists: bool, accessible: bool, probe: Callable[[], bool]
+              ) -> tuple[bool, str]:
+    if not _VIRT_FLAGS.search(cpuinfo):
+        return False, "the CPU shows no VT-x/AMD-V (a VM without nested virtualisation?)"
+    if not exists:
+        return False, "/dev/kvm does not exist (is the kvm module loaded?)"
+    if not accessible:
+        return False, ("/dev/kvm is not accessible to you: add yourself to the kvm group "
+                       "and log in again")
+    if not kvm_check(cpuinfo, probe):
+        return False, "a KVM test boot did not start"
+    return True, ""
+
+
+def accel_line(qemu: str = "qemu-system-x86_64") -> str:
+    """How guests run here, in one line."""
+    usable, why = kvm_verdict(qemu)
+    return "QEMU uses KVM" if usable else f"QEMU emulates the CPU (TCG, slower): {why}"
 
 
 def use_kvm(cfg: QemuConfig) -> bool:
@@ -219,7 +246,20 @@ def default_kernel(kver: str) -> str:
     if not path.is_file():
         raise UsageError(f"no kernel image at {path}",
                          hint="install linux-image-amd64 or pass --kernel")
-    return str(path)
+    return readable_kernel(str(path))
+
+
+def readable_kernel(path: str) -> str:
+    """`path`, once it is known that QEMU (running as this user) can read it."""
+    if not os.access(path, os.R_OK):
+        try:
+            mode = f"mode {os.stat(path).st_mode & 0o777:04o}, "
+        except OSError:
+            mode = ""
+        raise UsageError(f"cannot read the kernel {path} ({mode}not readable by you)",
+                         hint=f"sudo chmod 0644 {path} (some distributions install kernels "
+                         "readable by root only), or pass --kernel with a readable copy")
+    return path
 
 
 def timeout_multiplier() -> float:

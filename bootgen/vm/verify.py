@@ -123,8 +123,8 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
     r = build(host, output=image, flavor=flavor, kver=version,
               manifest_path=workdir / f"{flavor}.json")
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
-    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot,
-                    kernel or qemu.default_kernel(version), r)
+    kernel = qemu.readable_kernel(kernel) if kernel else qemu.default_kernel(version)
+    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r)
 
 
 def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
@@ -191,6 +191,8 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
            ) -> list[BootResult]:
     """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
     work = workdir or default_workdir(host)
+    if progress:
+        progress(qemu.accel_line())
     prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
                         progress=progress) for f in flavors]
     results: list[BootResult | None] = [None] * len(prepared)
@@ -228,6 +230,8 @@ def shell(host: Host, flavor: str, stage: str, *, workdir: Path | None = None,
           cache_dir: Path | None = None, progress: Progress | None = None,
           before_interact: Callable[[], None] | None = None) -> int:
     """Boot to a breakpoint and hand the console to the user; return QEMU's exit status."""
+    if progress:
+        progress(qemu.accel_line())
     work = workdir or default_workdir(host)
     prep = prepare(host, flavor, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
                    progress=progress)
