@@ -107,3 +107,30 @@ def test_scripted_luks_hook_shellcheck(tmp_path: Path) -> None:
     res = subprocess.run(["shellcheck", "-s", "sh", dest / "init"], capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stdout
+
+
+def test_second_passphrase_volume_waits_for_the_first(tmp_path: Path) -> None:
+    """systemd: the second passphrase volume is opened after the first, so the cached
+    passphrase is tried before anyone is asked again (one prompt, every time)."""
+    from bootgen.image.plan import plan
+
+    text = LUKS + """
+[[luks]]
+name = "crypt-var"
+device = "PARTLABEL=cryptvar"
+
+[[luks]]
+name = "keyed"
+device = "PARTLABEL=keyed"
+key_file_device = "LABEL=keys"
+key_file_path = "/k"
+"""
+    spec = plan(loads(text), flavor="systemd", kver="k")
+    dropins = {g.path: g.content for g in spec.generated if "bootgen-ask-once" in g.path}
+    assert dropins == {
+        "/usr/lib/systemd/system/systemd-cryptsetup@crypt\\x2dvar.service.d/"
+        "bootgen-ask-once.conf":
+        b"# bootgen: ask once: try cryptroot's passphrase first\n"
+        b"[Unit]\nAfter=systemd-cryptsetup@cryptroot.service\n"}
+    assert not [g for g in plan(loads(LUKS), flavor="systemd", kver="k").generated
+                if "ask-once" in g.path]

@@ -9,7 +9,7 @@ from ..config.schema import LOCKED_HINT
 from .api import Host
 
 __all__ = ["CHECKERS", "FS_MODULES", "LOCKED_HINT", "UNIT_DIR", "checked_types", "device_node",
-           "escape_path"]
+           "escape_name", "escape_path"]
 
 UNIT_DIR = "/usr/lib/systemd/system"
 
@@ -42,13 +42,10 @@ def checked_types(host: Host) -> tuple[str, ...]:
                          if fs.fsck and fs.fstype in CHECKERS}))
 
 
-def escape_path(path: str) -> str:
-    """systemd-escape --path: "/" → "-", bytes outside [A-Za-z0-9:_.] → \\xNN (UTF-8)."""
-    p = path.strip("/")
-    if not p:
-        return "-"
+def escape_name(name: str) -> str:
+    """systemd-escape (not --path): bytes outside [A-Za-z0-9:_.] become \\xNN; "/" is "-"."""
     out = []
-    for i, ch in enumerate(p):
+    for i, ch in enumerate(name):
         if ch == "/":
             out.append("-")
         elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
@@ -56,6 +53,12 @@ def escape_path(path: str) -> str:
         else:
             out.extend(f"\\x{b:02x}" for b in ch.encode())
     return "".join(out)
+
+
+def escape_path(path: str) -> str:
+    """systemd-escape --path: "/" → "-", bytes outside [A-Za-z0-9:_.] → \\xNN (UTF-8)."""
+    p = path.strip("/")
+    return escape_name(p) if p else "-"
 
 
 def device_node(device: str) -> str:

@@ -31,7 +31,7 @@ from .api import (
     matching,
     setting,
 )
-from .common import device_node
+from .common import UNIT_DIR, device_node, escape_name
 
 # a device-mapper name that crypttab, the init script and unit names can carry
 check_name = matching(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,126}", "a device-mapper name",
@@ -166,6 +166,25 @@ def check(host: Host, report: Report) -> None:
                 "add a [[luks]] entry with that name")
 
 
+def ask_once(volumes: tuple[Luks, ...]) -> tuple[Generated, ...]:
+    """Drop-ins that start each further passphrase volume after the first one is open.
+
+    systemd-cryptsetup tries the passphrase the first volume got (kept in the kernel keyring)
+    before asking, but only if it asks after that volume is open: volumes that appear together
+    would all prompt at once. Ordering them makes "one passphrase, asked once" hold every time.
+    """
+    asked = [lk for lk in volumes if not (lk.key_file or lk.key_file_device)]
+    if len(asked) < 2:
+        return ()
+    first = f"systemd-cryptsetup@{escape_name(asked[0].name)}.service"
+    return tuple(
+        Generated(f"{UNIT_DIR}/systemd-cryptsetup@{escape_name(lk.name)}.service.d/"
+                  "bootgen-ask-once.conf",
+                  content=f"# bootgen: ask once: try {asked[0].name}'s passphrase first\n"
+                          f"[Unit]\nAfter={first}\n".encode())
+        for lk in asked[1:])
+
+
 def contribute(host: Host, ctx: Context) -> Contribution:
     secrets: list[HostFile] = []
     for lk in LUKS.of(host):
@@ -183,7 +202,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
             files=tuple(secrets) + tuple(HostFile(f"/usr/lib/udev/rules.d/{r}") for r in DM_RULES),
             generated=(Generated("/etc/crypttab",
                                  content=("# bootgen: from [[luks]] in the host description\n"
-                                          + crypttab).encode()),),
+                                          + crypttab).encode()),
+                       *ask_once(LUKS.of(host))),
             modules=modules,
         )
     return Contribution(
