@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tool and its tests use (the host's systemd, busybox, cryptsetup, kernel, QEMU).
 APT_PACKAGES := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static systemd udev kmod \
 	cryptsetup-bin dropbear-bin openssh-client openssh-server shellcheck cpio fdisk e2fsprogs \
-	zstd xz-utils lz4 python3-venv
+	zstd xz-utils lz4 python3-venv lvm2 mdadm btrfs-progs xfsprogs dosfstools
 PYTEST_ARGS ?= -n 2
 OUT := out
 

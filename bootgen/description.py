@@ -14,17 +14,17 @@ from pathlib import Path
 from .config import docs, loader
 from .config.loader import Report
 from .config.schema import Host
-from .features import FEATURES, SECTIONS
+from .features import FEATURES, SECTIONS, provided, references
 
 _SECTIONS = tuple(s for s, _ in SECTIONS)
 
 
 def check(host: Host, report: Report) -> None:
-    """Every feature's checks across settings, knowing the devices all features create."""
-    for f in FEATURES:
-        if f.devices is not None:
-            for path, who in f.devices(host):
-                report.provided.setdefault(path, who)
+    """Every feature's checks across settings, knowing the devices all features create and
+    every device reference of the description."""
+    report.references = references(host)
+    report.provided = {path: who for path, (_f, who) in
+                       provided(host, report.references).items()}
     for f in FEATURES:
         if f.check is not None:
             f.check(host, report)

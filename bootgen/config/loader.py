@@ -34,6 +34,8 @@ class Report:
         self.problems: list[BootgenError] = []
         # block devices stage one creates (e.g. /dev/mapper/<name>) -> who creates it
         self.provided: dict[str, str] = {}
+        # every block device reference of the description: (settings key, reference)
+        self.references: list[tuple[str, str]] = []
 
     def add(self, key: str, msg: str, hint: str = "") -> None:
         _problem(self.problems, self.name, key, msg, hint)

@@ -52,6 +52,13 @@ class Boot:
         check=check_positive)
     init: str = setting("Program exec'd in the real root (`init=` overrides).", "/sbin/init",
                         check=check_abs_path)
+    resume_device: str | None = setting(
+        "Swap device to resume from after hibernation (`resume=` overrides); stage one resumes "
+        "before it mounts anything read-write.", None, check=check_device,
+        example='"/dev/vg0/swap"')
+    resume_offset: int | None = setting(
+        "Page offset of a swap file's header on `resume_device` (`resume_offset=` overrides).",
+        None, check=check_positive)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ another feature. It defines:
 - optionally the sections of the host description it owns (`Table`/`Tables` handles over its
   own frozen dataclasses, declared with `setting()`), its checks across settings (`check`,
   run by the loader with every other check, all problems reported at once), and the block
-  devices it creates in stage one (`devices`, so that filesystems may name them).
+  devices it creates in stage one (`devices`, so that filesystems may name them), and the
+  device references its settings make (`references`).
 
 A contribution is data: programs, libraries, host files, generated files and script hooks,
 symlinks, directories, device nodes, kernel modules, users and groups. The planner unions the
@@ -18,7 +19,7 @@ See docs/architecture.md ("Adding a feature").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,13 @@ class Context:
     flavor: str
     kver: str
     features: frozenset[str] = frozenset()  # the features that apply to this image
+    # block devices features create in stage one: path -> the feature that creates it
+    devices: Mapping[str, str] = field(default_factory=dict)
+
+    def after(self, refs: Iterable[str], me: str) -> tuple[str, ...]:
+        """The features that create any of `refs` (for a hook's `after`): a stack of LUKS,
+        RAID and LVM is opened bottom up, whatever the order of the registry."""
+        return tuple(sorted({self.devices[r] for r in refs if r in self.devices} - {me}))
 
 
 # --- what a feature adds ---------------------------------------------------------------------
@@ -221,5 +229,9 @@ class Feature:
     contribute: Callable[[Host, Context], Contribution] = _nothing
     sections: tuple[Section[Any], ...] = ()  # the parts of the description it owns
     check: Callable[[Host, Report], None] | None = None  # checks across its settings
-    # block devices it creates in stage one: (path, who) e.g. ("/dev/mapper/root", "[[luks]]")
-    devices: Callable[[Host], Iterable[tuple[str, str]]] | None = None
+    # block devices it creates in stage one, given every reference of the description:
+    # (path, who) e.g. ("/dev/mapper/root", "[[luks]] 'root'")
+    devices: Callable[[Host, Sequence[tuple[str, str]]], Iterable[tuple[str, str]]] | None = None
+    # block device references its settings make: (settings key, reference), e.g.
+    # ("luks[0].device", "PARTLABEL=cryptroot"); checks, test disks and host lookups read them
+    references: Callable[[Host], Iterable[tuple[str, str]]] | None = None

@@ -8,10 +8,13 @@ from __future__ import annotations
 from ..config.schema import LOCKED_HINT
 from .api import Host
 
-__all__ = ["CHECKERS", "FS_MODULES", "LOCKED_HINT", "UNIT_DIR", "checked_types", "device_node",
-           "escape_name", "escape_path"]
+__all__ = ["CHECKERS", "DM_RULES", "FS_MODULES", "LOCKED_HINT", "UNIT_DIR", "checked_types",
+           "device_node", "escape_name", "escape_path"]
 
 UNIT_DIR = "/usr/lib/systemd/system"
+# device-mapper's udev rules (dmsetup): /dev/mapper links, by-id/by-uuid links of dm devices,
+# and the cookie notification that lvm and cryptsetup wait for
+DM_RULES = ("55-dm.rules", "60-persistent-storage-dm.rules", "95-dm-notify.rules")
 
 # Kernel modules a filesystem type needs (the fs module's own dependencies follow from modules.dep).
 FS_MODULES: dict[str, tuple[str, ...]] = {

@@ -10,7 +10,7 @@ host go to the separate secrets archive, never the reproducible main archive.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .api import (
@@ -31,7 +31,7 @@ from .api import (
     matching,
     setting,
 )
-from .common import UNIT_DIR, device_node, escape_name
+from .common import DM_RULES, UNIT_DIR, device_node, escape_name
 
 # a device-mapper name that crypttab, the init script and unit names can carry
 check_name = matching(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,126}", "a device-mapper name",
@@ -80,7 +80,6 @@ KEY_DIR = "/etc/bootgen/luks"
 # dm-crypt and the ciphers LUKS2 uses by default (aes-xts-plain64); AF_ALG for cryptsetup's
 # own keyslot decryption through the kernel.
 MODULES = ("dm_mod", "dm_crypt", "xts", "aes", "algif_skcipher")
-DM_RULES = ("55-dm.rules", "60-persistent-storage-dm.rules", "95-dm-notify.rules")
 
 
 def key_path(lk: Luks) -> str | None:
@@ -130,7 +129,14 @@ def luks_view(lk: Luks) -> dict[str, object]:
     }
 
 
-def devices(host: Host) -> Iterator[tuple[str, str]]:
+def references(host: Host) -> Iterator[tuple[str, str]]:
+    for i, lk in enumerate(LUKS.of(host)):
+        yield f"luks[{i}].device", lk.device
+        if lk.key_file_device:
+            yield f"luks[{i}].key_file_device", lk.key_file_device
+
+
+def devices(host: Host, refs: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     for lk in LUKS.of(host):
         yield f"/dev/mapper/{lk.name}", f"[[luks]] '{lk.name}'"
 
@@ -156,12 +162,12 @@ def check(host: Host, report: Report) -> None:
         if lk.fallback_to_password and not (lk.key_file or lk.key_file_device):
             add(f"luks[{i}].fallback_to_password", "there is no keyfile to fall back from",
                 "set key_file or key_file_device")
-    # a filesystem on /dev/mapper/X names a [[luks]] entry, unless another feature makes X
-    for i, fs in enumerate(host.filesystems):
-        if volumes and fs.device.startswith("/dev/mapper/") and fs.device not in report.provided:
-            mapped = fs.device.removeprefix("/dev/mapper/")
+    # a device on /dev/mapper/X names a [[luks]] entry, unless another feature makes X
+    for key, ref in report.references:
+        if volumes and ref.startswith("/dev/mapper/") and ref not in report.provided:
+            mapped = ref.removeprefix("/dev/mapper/")
             close = difflib.get_close_matches(mapped, names, n=1)
-            add(f"filesystems[{i}].device", f"no [[luks]] entry is named '{mapped}'",
+            add(key, f"no [[luks]] entry is named '{mapped}'",
                 f"did you mean '/dev/mapper/{close[0]}'?" if close else
                 "add a [[luks]] entry with that name")
 
@@ -210,7 +216,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         programs=(Program("/usr/sbin/cryptsetup"),),
         files=tuple(secrets),
         hooks=(Hook("pre-mount", "scripts-legacy/luks.sh.j2",
-                    view={"devices": [luks_view(lk) for lk in LUKS.of(host)]}),),
+                    view={"devices": [luks_view(lk) for lk in LUKS.of(host)]},
+                    after=ctx.after([lk.device for lk in LUKS.of(host)], "luks")),),
         modules=modules,
     )
 
@@ -223,4 +230,5 @@ FEATURE = Feature(
     sections=(LUKS,),
     check=check,
     devices=devices,
+    references=references,
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config.schema import FLAVORS, Host
 from ..errors import BuildError
-from ..features import FEATURES
+from ..features import FEATURES, provided, references
 from ..features.api import HOOK_POINTS, Context, Contribution, Feature, Generated, Group, Hook, User
 from .spec import ImageSpec
 
@@ -29,7 +29,9 @@ def plan(host: Host, *, flavor: str | None = None, kver: str,
         raise ValueError(f"unknown flavour {flavor!r}")
     probe = Context(flavor=flavor, kver=kver)
     used = [f for f in features if f.applies(host, probe)]
-    ctx = Context(flavor=flavor, kver=kver, features=frozenset(f.name for f in used))
+    made = provided(host, references(host, features), features)
+    ctx = Context(flavor=flavor, kver=kver, features=frozenset(f.name for f in used),
+                  devices={path: feature for path, (feature, _who) in made.items()})
     parts: dict[str, list[Any]] = {f.name: [] for f in dataclasses.fields(Contribution)}
     for feature in used:
         contribution = feature.contribute(host, ctx)

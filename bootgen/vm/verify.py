@@ -25,6 +25,8 @@ from ..progress import Progress
 from . import disks, qemu, timeline
 from .diskbuild import build_disks
 from .luksdisk import TEST_PASSPHRASE
+from .stack import needs_helper
+from .stackbuild import build_stack
 
 BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
 RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+) "
@@ -110,8 +112,13 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
             progress: Progress | None = None) -> Prepared:
     workdir.mkdir(parents=True, exist_ok=True)
     version = kernel_version(host, kver)
+    kernel = qemu.readable_kernel(kernel) if kernel else qemu.default_kernel(version)
     image = workdir / f"{flavor}.img"
-    built, testroot = build_disks(host, workdir, cache_dir=cache_dir, progress=progress)
+    if needs_helper(host):
+        built, testroot = build_stack(host, workdir, kver=version, kernel=kernel,
+                                      cache_dir=cache_dir, progress=progress)
+    else:
+        built, testroot = build_disks(host, workdir, cache_dir=cache_dir, progress=progress)
     # A detached LUKS header cannot be reproduced from the description's file: the test disks
     # come with their own, and the image under test carries that one instead.
     headers = {name: str(path) for d in built for name, path in d.headers.items()}
@@ -123,7 +130,6 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
     r = build(host, output=image, flavor=flavor, kver=version,
               manifest_path=workdir / f"{flavor}.json")
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
-    kernel = qemu.readable_kernel(kernel) if kernel else qemu.default_kernel(version)
     return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r)
 
 
