@@ -3,12 +3,17 @@
 #
 # Runs as PID 1 under busybox sh once stage one has switched to the real root. It checks that
 # stage one mounted what the host description says (/etc/bootgen-expected: one
-# "<mountpoint> <fstype>" line per stage-one filesystem; every filesystem but / carries a
-# /bootgen-marker file holding its mountpoint), prints
+# "<mountpoint> <fstype> [subvol=<name>]" line per stage-one filesystem; every filesystem but /
+# carries a /bootgen-marker file holding its mountpoint), prints
 #   BOOTGEN-UPTIME <seconds>
 #   BOOTGEN-RESULT token=<T> disk=<id> init=<name> root=<ro|rw> mounts=<ok|missing:/a,/b> \
-#                  verdict=<PASS|FAIL> net=<none|a.b.c.d/nn,...>
+#                  verdict=<PASS|FAIL> net=<none|a.b.c.d/nn,...> detail=<mp>:<fstype>:<source>,...
 # on the console and powers the machine off. Diagnostics go to stderr, prefixed "bootgen-testroot:".
+#
+# With bootgen.hibernate=1 on the command line it first hibernates the machine to the swap
+# device stage one named in /sys/power/resume, around a random value kept only in memory:
+#   BOOTGEN-HIBERNATE value=<V>     before, then the machine powers off;
+#   BOOTGEN-RESUMED value=<V>       after a later boot resumed it (the same V: the same system).
 # Only busybox is available: external commands are always spelled "busybox <applet>".
 #
 # Host-side test hooks: BOOTGEN_PROC replaces /proc, BOOTGEN_ROOT prefixes every file path of
@@ -30,15 +35,18 @@ say() {
     printf 'bootgen-testroot: %s\n' "$*" >&2
 }
 
-# mount_info MOUNTPOINT: set m_type and m_opts from the last mount at MOUNTPOINT; false if none.
+# mount_info MOUNTPOINT: set m_dev, m_type and m_opts from the last mount at MOUNTPOINT; false
+# if none.
 mount_info() {
     mi_want=$1
     mi_found=1
+    m_dev=
     m_type=
     m_opts=
     if [ -r "$proc/mounts" ]; then
-        while read -r _mi_dev mi_dir mi_type mi_opts _mi_rest; do
+        while read -r mi_dev mi_dir mi_type mi_opts _mi_rest; do
             if [ "$mi_dir" = "$mi_want" ]; then
+                m_dev=$mi_dev
                 m_type=$mi_type
                 m_opts=$mi_opts
                 mi_found=0
@@ -62,6 +70,7 @@ if [ "$pid1" = yes ]; then
 fi
 
 token=none
+hibernate=no
 cmdline=
 if [ -r "$proc/cmdline" ]; then
     read -r cmdline < "$proc/cmdline" || :
@@ -73,6 +82,7 @@ set +f
 for arg in "$@"; do
     case $arg in
         bootgen.token=*) token=${arg#bootgen.token=} ;;
+        bootgen.hibernate=1) hibernate=yes ;;
     esac
 done
 
@@ -82,8 +92,9 @@ if [ -r "$root/etc/bootgen-disk-id" ]; then
 fi
 
 missing=
+detail=
 if [ -r "$root/etc/bootgen-expected" ]; then
-    while read -r mp want _extra; do
+    while read -r mp want extra; do
         [ -n "$mp" ] || continue
         good=yes
         if ! mount_info "$mp"; then
@@ -91,6 +102,9 @@ if [ -r "$root/etc/bootgen-expected" ]; then
             good=no
         elif [ "$m_type" != "$want" ]; then
             say "$mp is mounted as $m_type, expected $want"
+            good=no
+        elif [ -n "$extra" ] && ! case ",$m_opts," in *",${extra%%=*}=/${extra#*=},"*) true ;; *) false ;; esac; then
+            say "$mp is mounted with $m_opts, expected $extra"
             good=no
         elif [ "$mp" != / ] && [ "$want" != tmpfs ]; then
             marker=
@@ -105,6 +119,9 @@ if [ -r "$root/etc/bootgen-expected" ]; then
         if [ "$good" = no ]; then
             missing=${missing:+$missing,}$mp
         fi
+        sub=
+        case ",$m_opts," in *,subvol=*) sub=${m_opts#*subvol=}; sub=:${sub%%,*} ;; esac
+        detail=${detail:+$detail,}$mp:${m_type:-none}:${m_dev:-none}$sub
     done < "$root/etc/bootgen-expected"
 else
     say "$root/etc/bootgen-expected is missing"
@@ -140,9 +157,34 @@ if [ "$pid1" = yes ]; then
     net=${net%,}
 fi
 
+# hibernate (bootgen.hibernate=1): to the swap stage one named in /sys/power/resume
+if [ "$hibernate" = yes ] && [ "$pid1" = yes ]; then
+    swap=
+    read -r resume < /sys/power/resume 2>/dev/null || resume=
+    for b in /sys/class/block/*; do
+        read -r majmin < "$b/dev" 2>/dev/null || continue
+        [ "$majmin" = "$resume" ] && swap=/dev/${b##*/}
+    done
+    [ -b "$swap" ] || busybox mknod /dev/bootgen-swap b "${resume%%:*}" "${resume#*:}"
+    [ -n "$swap" ] || swap=/dev/bootgen-swap
+    value=
+    read -r value < /proc/sys/kernel/random/uuid
+    if busybox swapon "$swap"; then
+        printf 'BOOTGEN-HIBERNATE value=%s swap=%s\n' "$value" "$swap"
+        echo shutdown > /sys/power/disk
+        if echo disk > /sys/power/state; then
+            printf 'BOOTGEN-RESUMED value=%s\n' "$value"
+        else
+            say "hibernation failed"
+        fi
+    else
+        say "cannot use $swap ($resume) as swap"
+    fi
+fi
+
 printf 'BOOTGEN-UPTIME %s\n' "$uptime"
-printf 'BOOTGEN-RESULT token=%s disk=%s init=%s root=%s mounts=%s verdict=%s net=%s\n' \
-    "$token" "$disk" "${0##*/}" "$rootmode" "$mounts" "$verdict" "${net:-none}"
+printf 'BOOTGEN-RESULT token=%s disk=%s init=%s root=%s mounts=%s verdict=%s net=%s detail=%s\n' \
+    "$token" "$disk" "${0##*/}" "$rootmode" "$mounts" "$verdict" "${net:-none}" "${detail:-none}"
 
 if [ "$pid1" = yes ] && [ "${BOOTGEN_NO_POWEROFF:-}" != 1 ]; then
     busybox sync

@@ -408,7 +408,8 @@ def test_init_pass(tmp_path: Path) -> None:
     proc = run_init(env, "altinit")
     assert proc.stdout.splitlines() == [
         "BOOTGEN-UPTIME 3.14",
-        "BOOTGEN-RESULT token=t0k3n disk=d15k init=altinit root=ro mounts=ok verdict=PASS net=none"]
+        "BOOTGEN-RESULT token=t0k3n disk=d15k init=altinit root=ro mounts=ok verdict=PASS net=none "
+        "detail=/:ext4:/dev/vda,/var:ext4:/dev/vdb,/var/log:ext4:/dev/vdc,/tmp:tmpfs:tmpfs"]
     assert proc.returncode == 0 and proc.stderr == ""
 
 
@@ -418,7 +419,8 @@ def test_init_fail(tmp_path: Path) -> None:
     proc = run_init(env)
     assert proc.stdout.splitlines()[-1] == (
         "BOOTGEN-RESULT token=t0k3n disk=d15k init=init root=rw "
-        "mounts=missing:/var,/var/log verdict=FAIL net=none")
+        "mounts=missing:/var,/var/log verdict=FAIL net=none "
+        "detail=/:ext4:/dev/vda,/var:ext4:/dev/vdb,/var/log:none:none,/tmp:tmpfs:tmpfs")
     assert len(proc.stdout.splitlines()) == 2 and proc.returncode == 1
     assert "/var/log is not mounted" in proc.stderr
     assert "/var holds the wrong filesystem" in proc.stderr
@@ -431,5 +433,20 @@ def test_init_wrong_fstype_and_no_token(tmp_path: Path) -> None:
     proc = run_init(env)
     assert proc.stdout.splitlines()[-1] == (
         "BOOTGEN-RESULT token=none disk=d15k init=init root=rw mounts=missing:/var verdict=FAIL "
-        "net=none")
+        "net=none detail=/:ext4:/dev/vda,/var:ext2:/dev/vdb,/var/log:ext4:/dev/vdc,"
+        "/tmp:tmpfs:tmpfs")
     assert "/var is mounted as ext2, expected ext4" in proc.stderr
+
+
+def test_init_checks_the_btrfs_subvolume(tmp_path: Path) -> None:
+    env = fake_root(tmp_path, "/dev/vda / btrfs rw,relatime,subvolid=256,subvol=/@root 0 0\n"
+                    "/dev/vda /home btrfs rw,relatime,subvolid=257,subvol=/@other 0 0\n",
+                    {"/home": "/home"})
+    Path(env["BOOTGEN_ROOT"], "etc/bootgen-expected").write_text(
+        "/ btrfs subvol=@root\n/home btrfs subvol=@home\n")
+    proc = run_init(env)
+    assert proc.stdout.splitlines()[-1].endswith(
+        "mounts=missing:/home verdict=FAIL net=none "
+        "detail=/:btrfs:/dev/vda:/@root,/home:btrfs:/dev/vda:/@other")
+    assert "/home is mounted with rw,relatime,subvolid=257,subvol=/@other, expected " \
+        "subvol=@home" in proc.stderr

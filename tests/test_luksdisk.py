@@ -97,13 +97,6 @@ def test_xts_matches_direct_calls_and_round_trips() -> None:
         luksdisk.xts_encrypt(KEY[:32], bytes(512))
 
 
-def test_xts_speed() -> None:
-    data = bytes(64 << 20)
-    t0 = time.monotonic()
-    luksdisk.xts_encrypt(KEY, data)
-    assert time.monotonic() - t0 < 5.0  # about 0.6 s on an idle machine; generous for CI
-
-
 def test_derived_keys() -> None:
     assert luksdisk.test_volume_key("disk0", "1") == luksdisk.test_volume_key("disk0", "1")
     assert luksdisk.test_volume_key("disk0", "1") != luksdisk.test_volume_key("disk0", "2")

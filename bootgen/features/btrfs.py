@@ -16,6 +16,7 @@ from .api import (
     Context,
     Contribution,
     Feature,
+    Generated,
     Hook,
     Host,
     Program,
@@ -24,6 +25,7 @@ from .api import (
     check_device,
     setting,
 )
+from .common import UNIT_DIR
 
 PROFILES = ("single", "raid0", "raid1", "raid10", "dup")
 
@@ -80,7 +82,13 @@ def multi_device(host: Host) -> list[Btrfs]:
 def contribute(host: Host, ctx: Context) -> Contribution:
     pools = multi_device(host)
     if ctx.flavor == "systemd":
-        return Contribution()  # udev's btrfs builtin and 64-btrfs.rules (the udev feature)
+        # udev's btrfs builtin (64-btrfs.rules, the udev feature's) asks /dev/btrfs-control
+        # whether all members are there; that node exists once btrfs.ko is loaded, so the
+        # coldplug waits for systemd-modules-load (the base feature loads btrfs at start)
+        return Contribution(generated=(Generated(
+            f"{UNIT_DIR}/systemd-udev-trigger.service.d/bootgen-btrfs.conf",
+            content=b"# bootgen: btrfs.ko before the coldplug, so that udev knows when every "
+                    b"member of a btrfs is there\n[Unit]\nAfter=systemd-modules-load.service\n"),))
     view = {"pools": [{"filesystem": b.filesystem, "devices": list(b.devices)} for b in pools]}
     return Contribution(
         programs=(Program("/usr/bin/btrfs"),),

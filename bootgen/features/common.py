@@ -21,9 +21,12 @@ FS_MODULES: dict[str, tuple[str, ...]] = {
     "ext4": ("ext4",),
     "ext3": ("ext4",),
     "ext2": ("ext4",),
-    "xfs": ("xfs",),
-    "btrfs": ("btrfs",),
-    "vfat": ("vfat", "nls_cp437", "nls_iso8859_1"),
+    # crc32c_generic first: libcrc32c's softdep picks crc32c-intel, which fails under TCG, and
+    # busybox modprobe (the scripted flavour's) follows no softdeps
+    "xfs": ("crc32c_generic", "xfs"),
+    "btrfs": ("crc32c_generic", "btrfs"),
+    # Debian's kernel mounts vfat with codepage 437 and iocharset ascii by default
+    "vfat": ("vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1"),
     "f2fs": ("f2fs",),
     "squashfs": ("squashfs",),
     "tmpfs": (),

@@ -24,6 +24,7 @@ from .api import (
     Module,
     Program,
     Report,
+    Symlink,
     Tables,
     check_abs_path,
     check_device,
@@ -210,6 +211,10 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                                  content=("# bootgen: from [[luks]] in the host description\n"
                                           + crypttab).encode()),
                        *ask_once(LUKS.of(host))),
+            # every volume opens, also those only LVM or RAID on top of them need (nothing
+            # requires their /dev/mapper device): systemd installs this link too
+            symlinks=(Symlink(f"{UNIT_DIR}/sysinit.target.wants/cryptsetup.target",
+                              "../cryptsetup.target"),),
             modules=modules,
         )
     return Contribution(

@@ -79,7 +79,7 @@ class Raid:
         factory=tuple, check=check_device, example='["PARTLABEL=raid-a", "PARTLABEL=raid-b"]')
     degraded_timeout: int = setting(
         "Seconds to wait for missing members before the array starts degraded; 0: never start "
-        "a degraded array.", 30, check=check_positive)
+        "a degraded array. At most boot.device_timeout - 15.", 10, check=check_positive)
 
 
 RAID = Tables("raid", Raid)
@@ -117,6 +117,14 @@ def check(host: Host, report: Report) -> None:
                        "list every member device")
         if len(set(md.devices)) != len(md.devices):
             report.add(f"raid[{i}].devices", "a device is listed twice")
+        # systemd waits boot.device_timeout for the array's device: a degraded start must come
+        # well before (mdadm's last resort, then LVM or the mount on top of it)
+        if md.degraded_timeout and md.degraded_timeout + 15 > host.boot.device_timeout:
+            report.add(f"raid[{i}].degraded_timeout", f"{md.degraded_timeout} s leaves too little "
+                       f"of boot.device_timeout ({host.boot.device_timeout} s) to start the "
+                       "array degraded",
+                       f"use at most {max(host.boot.device_timeout - 15, 0)} here, or raise "
+                       "boot.device_timeout")
     for key, ref in report.references:
         if ref.startswith("/dev/md/") and ref not in report.provided:
             report.add(key, f"no [[raid]] entry makes {ref}",

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..config.schema import Host
 from ..errors import BuildError
 from ..features.luks import Luks
+from ..paths import locked
 from ..run import run, which
 from . import luksdisk
 from .disks import (
@@ -100,6 +101,22 @@ def build_disks(host: Host, workdir: Path, *, cache_dir: Path | None = None,
         return found
     if any(p.luks for s in specs for p in s.partitions):
         luksdisk.cryptsetup()  # missing: say so before anything is written
+    # another builder of the same disks (a parallel test, a second verify): wait for it
+    with locked(cache.parent / f".{cache.name}-locks" / f"{key[:32]}.lock"):
+        found = _load(final, specs, expected)
+        if found is not None:
+            return found
+        _build(host, specs, expected, plan, key, final, cache, workdir, script, busybox,
+               progress)
+    built = _load(final, specs, expected)
+    if built is None:
+        raise BuildError(f"the test disks vanished from {final}", hint="is the cache shared?")
+    return built
+
+
+def _build(host: Host, specs: tuple[DiskSpec, ...], expected: tuple[str, ...], plan: str,
+           key: str, final: Path, cache: Path, workdir: Path, script: bytes, busybox: Path,
+           progress: Callable[[str], None] | None) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     if final.exists():  # incomplete (files removed by hand?): set it aside
@@ -130,10 +147,6 @@ def build_disks(host: Host, workdir: Path, *, cache_dir: Path | None = None,
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    built = _load(final, specs, expected)
-    if built is None:
-        raise BuildError(f"the test disks vanished from {final}", hint="is the cache shared?")
-    return built
 
 
 def _luks_inputs(host: Host) -> str:

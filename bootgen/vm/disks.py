@@ -335,8 +335,14 @@ def _disk(pos: int, its: list[_Item]) -> DiskSpec:
 
 
 def expected_mounts(host: Host) -> tuple[str, ...]:
-    """What the test root's init checks: the stage-one filesystems, parents first."""
-    return tuple(f"{fs.mountpoint} {fs.fstype}" for fs in host.boot_filesystems)
+    """What the test root's init checks: the stage-one filesystems, parents first, and the
+    btrfs subvolume each mounts."""
+    out = []
+    for fs in host.boot_filesystems:
+        sub = next((o.split("=", 1)[1].lstrip("/") for o in fs.options
+                    if o.startswith("subvol=")), "")
+        out.append(f"{fs.mountpoint} {fs.fstype}" + (f" subvol={sub}" if sub else ""))
+    return tuple(out)
 
 
 def describe(spec: DiskSpec) -> str:

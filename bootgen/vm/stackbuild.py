@@ -32,6 +32,7 @@ from ..config.schema import Host
 from ..errors import BootError, BuildError
 from ..features.luks import LUKS
 from ..image.build import build
+from ..paths import locked
 from ..run import run
 from . import luksdisk, qemu
 from .diskbuild import MKE2FS_CONF, _Ctx, _discard, _sha256_file, _stage_tree
@@ -387,6 +388,23 @@ def build_stack(host: Host, workdir: Path, *, kver: str, kernel: str,
     found = _load(final, stack, expected)
     if found is not None:
         return found
+    # another builder of the same disks (a parallel test, a second verify): wait for it
+    with locked(cache.parent / f".{cache.name}-locks" / f"{key[:32]}.lock"):
+        found = _load(final, stack, expected)
+        if found is not None:
+            return found
+        _build(host, stack, expected, plan, key, final, cache, workdir, kver, kernel,
+               script_fixture, busybox, progress)
+    built = _load(final, stack, expected)
+    if built is None:
+        raise BuildError(f"the test disks vanished from {final}", hint="is the cache shared?")
+    return built
+
+
+def _build(host: Host, stack: Stack, expected: tuple[str, ...], plan: str, key: str,
+           final: Path, cache: Path, workdir: Path, kver: str, kernel: str,
+           script_fixture: bytes, busybox: Path,
+           progress: Callable[[str], None] | None) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     if final.exists():
@@ -426,10 +444,6 @@ def build_stack(host: Host, workdir: Path, *, kver: str, kernel: str,
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    built = _load(final, stack, expected)
-    if built is None:
-        raise BuildError(f"the test disks vanished from {final}", hint="is the cache shared?")
-    return built
 
 
 def _run_helper(stack: Stack, script: str, payload: Path, out: Path, stage: Path, kver: str,

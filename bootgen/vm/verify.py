@@ -30,7 +30,8 @@ from .stackbuild import build_stack
 
 BOOT_TIMEOUT = 240.0  # seconds, before BOOTGEN_TIMEOUT_MULTIPLIER
 RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+) "
-                    r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+)[ \t]*\n")  # whole lines only
+                    r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+) detail=(\S+)[ \t]*\n")
+# (whole lines only: a line cut mid-transfer must not match)
 # Lines that mean stage one gave up: stop waiting for the full timeout.
 FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
           r"You are in emergency mode.*", r"Cannot open access to console.*")
@@ -161,7 +162,7 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
         if found is None:
             reason = f"stage one failed: {m.group(0).strip()}"
         else:
-            keys = ("token", "disk", "init", "root", "mounts", "verdict", "net")
+            keys = ("token", "disk", "init", "root", "mounts", "verdict", "net", "detail")
             result = dict(zip(keys, found.groups(), strict=True))
             reason = _judge(result, token, prep.testroot, expected_init(host, append))
             try:
