@@ -172,18 +172,37 @@ def _stage_table(r: Any) -> str:
 @kver_option
 @_boot_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw every unit (systemd) or step (scripted) of stage one as SVG here "
+              "(FILE-<flavour>.svg for both) and list the slowest.")
 def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
-           append: tuple[str, ...], workdir: Path | None, as_json: bool) -> None:
+           append: tuple[str, ...], workdir: Path | None, as_json: bool,
+           timeline_path: Path | None) -> None:
     """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST."""
     import json
 
+    from .report import steps
     from .vm import verify as v
+    from .vm.timeline import TIMELINE_PARAMS
 
     desc = description.load(host)
     flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
     params = [p for a in append for p in a.split()]
+    if timeline_path is not None:
+        params += TIMELINE_PARAMS
     results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver, append=params,
                        progress=None if as_json else _progress)
+    for r in results:
+        if timeline_path is None:
+            break
+        out = steps.output_path(timeline_path, r.flavor, len(results) > 1)
+        what = "units" if r.flavor == "systemd" else "steps"
+        steps.write(out, f"{host.stem}: {r.flavor} stage one, {what} by guest uptime",
+                    f"one boot in QEMU; {'PASS' if r.passed else 'FAIL'}", r.spans)
+        if not as_json:
+            click.echo(f"{r.flavor}: timeline of {len(r.spans)} {what} in {out}; slowest:")
+            for line in steps.table(r.spans):
+                click.echo(f"  {line}")
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=1))
     else:

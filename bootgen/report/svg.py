@@ -178,3 +178,57 @@ def to_png(svg: Path) -> tuple[Path | None, str]:
         why = lines[-1] if lines else f"exit status {proc.returncode}"
         return None, f"{argv[0]} could not convert {svg.name}: {why}; PNG skipped"
     return png, ""
+
+
+def gantt(title: str, subtitle: str, spans: Sequence[tuple[str, float, float, str]]) -> str:
+    """One row per (name, start, end, result), like `systemd-analyze plot` for stage one:
+    done bars blue, failed red, unfinished grey; events (end == start) as a tick."""
+    fill = {"done": "#a6cee3", "failed": "#fb9a99", "unfinished": "#e0e0e0"}
+    end = max((e for _n, _s, e, _r in spans), default=1.0) or 1.0
+    ticks, decimals = axis_ticks(end)
+    scale_end = ticks[-1]
+    left, row_h, top = 24, 16, TOP
+    plot_w = WIDTH - left - 24
+    height = top + len(spans) * row_h + 48
+
+    def x(t: float) -> str:
+        return _num(left + t / scale_end * plot_w)
+
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" {FONT} font-size="10">',
+        f"<title>{escape(title)}</title>",
+        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{left}" y="24" font-size="15" font-weight="bold">{escape(title)}</text>',
+        f'<text x="{left}" y="44" fill="#444444">{escape(subtitle)}</text>',
+        '<g class="axis" stroke="#eeeeee">',
+    ]
+    bottom = top + len(spans) * row_h
+    for t in ticks:
+        out.append(f'<line x1="{x(t)}" y1="{top - 4}" x2="{x(t)}" y2="{bottom}"/>')
+    out.append("</g>")
+    out.append('<g class="ticks" text-anchor="middle" fill="#444444">')
+    for t in ticks:
+        out.append(f'<text x="{x(t)}" y="{bottom + 14}">{t:.{decimals}f} s</text>')
+    out.append("</g>")
+    for i, (name, start, stop, result) in enumerate(spans):
+        y = top + i * row_h
+        label = f"{name} {stop - start:.2f} s" if stop > start else name
+        out.append(f'<g class="span" data-result="{result}">')
+        if stop > start:
+            out.append(f'<rect x="{x(start)}" y="{y + 2}" '
+                       f'width="{_num((stop - start) / scale_end * plot_w)}" '
+                       f'height="{row_h - 4}" fill="{fill.get(result, fill["done"])}"/>')
+        else:
+            out.append(f'<line x1="{x(start)}" y1="{y + 2}" x2="{x(start)}" '
+                       f'y2="{y + row_h - 2}" stroke="#1f78b4" stroke-width="2"/>')
+        anchor_x = float(x(stop)) + 4
+        anchor = "start"
+        if anchor_x + len(label) * 5.6 > WIDTH:  # no room after the bar: before it
+            anchor_x, anchor = float(x(start)) - 4, "end"
+        out.append(f'<text x="{_num(anchor_x)}" y="{y + row_h - 4}" text-anchor="{anchor}">'
+                   f"{escape(label)}</text>")
+        out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

@@ -63,3 +63,71 @@ def marks(lines: Sequence[ConsoleLine]) -> dict[str, Mark]:
             if g is not None:
                 found[stage] = Mark(stage, g, round(line.host_seconds, 3), line.text)
     return {s: found[s] for s in STAGES if s in found}
+
+
+# --- what stage one did, unit by unit (systemd) or step by step (scripted) ---------------------
+
+# systemd 252 logs "<verb> <unit> - <description>" through kmsg with systemd.log_target=kmsg and
+# systemd.log_level=info (TIMELINE_PARAMS); the scripted init says "bootgen: <what>" at each step.
+TIMELINE_PARAMS = ("systemd.log_target=kmsg", "systemd.log_level=info")
+_UNIT = re.compile(r"systemd\[1\]: (Starting|Started|Finished|Mounting|Mounted|Expecting device|"
+                   r"Found device|Reached target|Listening on|Failed to start|Failed to mount|"
+                   r"Timed out waiting for device) (\S+)")
+_BEGINS = ("Starting", "Mounting", "Expecting device")
+_ENDS = ("Started", "Finished", "Mounted", "Found device", "Failed to start", "Failed to mount",
+         "Timed out waiting for device")
+_STEP = re.compile(r"bootgen: (.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One unit (systemd) or step (scripted) of stage one, in guest seconds."""
+
+    name: str
+    start: float
+    end: float  # == start for an event (a target reached, a socket listening)
+    result: str = "done"  # done | failed | unfinished
+
+    @property
+    def seconds(self) -> float:
+        return round(self.end - self.start, 3)
+
+
+def spans(lines: Sequence[ConsoleLine]) -> list[Span]:
+    """The units systemd started (with TIMELINE_PARAMS on the command line), or the steps of
+    the scripted init, in the order they began. A unit still running when the log ends is
+    "unfinished", up to the last timestamp seen."""
+    begun: dict[str, float] = {}
+    out: list[Span] = []
+    steps: list[tuple[str, float]] = []
+    last = 0.0
+    for i, line in enumerate(lines):
+        t = guest_time(lines, i) if _TS.match(line.text) else None
+        if t is None:
+            continue
+        last = t
+        m = _UNIT.search(line.text)
+        if m:
+            verb, unit = m.group(1), m.group(2).rstrip(".")
+            if verb in _BEGINS:
+                begun.setdefault(unit, t)
+            elif verb in _ENDS:
+                failed = verb.startswith(("Failed", "Timed out"))
+                out.append(Span(unit, begun.pop(unit, t), t, "failed" if failed else "done"))
+            else:
+                out.append(Span(unit, t, t))
+            continue
+        s = _STEP.search(line.text)
+        if s and "systemd[" not in line.text:
+            steps.append((s.group(1), t))
+    out += [Span(unit, t, last, "unfinished") for unit, t in begun.items()]
+    if not out and steps:  # the scripted init: each step lasts until the next one
+        ends = [t for _, t in steps[1:]] + [last]
+        out = [Span(text, t, max(t, end)) for (text, t), end in zip(steps, ends, strict=True)]
+    return sorted(out, key=lambda s: (s.start, s.end, s.name))
+
+
+def slowest(found: Sequence[Span], count: int = 10) -> list[Span]:
+    """The longest spans (events left out), longest first."""
+    timed = [s for s in found if s.end > s.start]
+    return sorted(timed, key=lambda s: (-s.seconds, s.start, s.name))[:count]

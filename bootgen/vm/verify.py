@@ -55,6 +55,7 @@ class BootResult:
     result: dict[str, str] = field(default_factory=dict)  # fields of the BOOTGEN-RESULT line
     tail: tuple[str, ...] = ()  # last console lines, for failures
     prompts: int = 0  # passphrase prompts answered on the console
+    spans: tuple[timeline.Span, ...] = ()  # units or steps of stage one (timeline.spans)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -177,7 +178,8 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
     wall = lines[-1].host_seconds if lines else 0.0
     return BootResult(prep.flavor, not reason, reason, log, prep.image, prep.image_size,
                       prep.build_seconds, wall, timeline.marks(lines), result,
-                      tuple(line.text for line in lines[-40:]), prompts)
+                      tuple(line.text for line in lines[-40:]), prompts,
+                      tuple(timeline.spans(lines)))
 
 
 def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: str) -> str:
