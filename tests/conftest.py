@@ -40,6 +40,28 @@ KVER = _kernel()
 needs_kernel = pytest.mark.skipif(KVER is None, reason="no kernel modules under /lib/modules")
 
 
+def alias_providers(alias: str, kver: str | None = KVER) -> set[str]:
+    """Modules of the kernel that provide `alias` (modules.alias), e.g. which crc32c modules
+    this kernel ships: machines differ (another kernel may build one in)."""
+    if kver is None:
+        return set()
+    path = Path("/lib/modules", kver, "modules.alias")
+    out = set()
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias" and parts[1] == alias:
+            out.add(parts[2].replace("-", "_"))
+    return out
+
+
+def debian_initrd() -> Path | None:
+    """The Debian initrd of the newest installed kernel, derived (never a fixed version)."""
+    if KVER is None:
+        return None
+    path = Path("/boot", f"initrd.img-{KVER}")
+    return path if path.is_file() and os.access(path, os.R_OK) else None
+
+
 def needs_tool(name: str) -> pytest.MarkDecorator:
     missing = shutil.which(name) is None and not os.path.exists(f"/usr/sbin/{name}")
     return pytest.mark.skipif(missing, reason=f"{name} is not installed")
