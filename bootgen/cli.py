@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import click
 
 from . import __version__, description
 from .config.schema import FLAVORS
-from .errors import BootgenError
+from .errors import BootgenError, Interrupted, printable
 from .report import inspect
 
 
@@ -24,18 +26,46 @@ def _progress(msg: str) -> None:
     click.echo(f"  … {msg}", err=True)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
+def _one_line(e: BaseException) -> BootgenError | None:
+    """The BootgenError an unexpected exception from deep code stands for, or None (a bug)."""
+    if isinstance(e, OSError):
+        where = str(e.filename) if e.filename else ""
+        return BootgenError(e.strerror or str(e), location=where)
+    if isinstance(e, RecursionError):
+        return BootgenError("input nested too deeply", hint="is this the right file?")
+    if isinstance(e, MemoryError):
+        return BootgenError("out of memory", hint="is this the right file?")
+    return None
+
+
 class _Group(click.Group):
+    """Turns every BootgenError into its one-line message and exit code; SIGTERM and SIGHUP
+    stop a command the way Ctrl-C does (temp files removed, exit 128 + signal)."""
+
     def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.obj and ctx.obj.get("debug")) or "--debug" in sys.argv[1:2]
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, _interrupt)
         try:
             return super().invoke(ctx)
-        except BootgenError as e:
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            click.echo(e.format(), err=True)
-            ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            error = e if isinstance(e, BootgenError) else _one_line(e)
+            if error is None:
+                raise  # a bug: its traceback is the report
+            if debug:
+                traceback.print_exc()
+            click.echo(error.format(), err=True)
+            ctx.exit(error.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,14 +94,16 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
               help="Write the bill of materials (JSON) here.")
 @click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write secrets as a separate archive instead of appending them.")
+@click.option("--force", is_flag=True,
+              help="Replace the running kernel's initrd (the old one is kept as NAME.bootgen-old).")
 def build(host: Path, output: Path, flavor: str | None, kver: str | None,
-          manifest_path: Path | None, secrets_out: Path | None) -> None:
+          manifest_path: Path | None, secrets_out: Path | None, force: bool) -> None:
     """Build the initrd for HOST (a .toml description)."""
     from .image.build import build as do_build
 
     desc = description.load(host)
     r = do_build(desc, output=output, flavor=flavor, kver=kver, manifest_path=manifest_path,
-                 secrets_out=secrets_out, progress=_progress)
+                 secrets_out=secrets_out, progress=_progress, force=force)
     spec = r.image.spec
     files = sum(1 for e in r.image.entries if e.kind == "file")
     click.echo(f"built {output}  ({spec.flavor} stage one, kernel {spec.kver})")
@@ -87,8 +119,8 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
     click.echo(f"  segments  {segs}")
     click.echo(f"  sha256    {r.sha256}")
     click.echo(f"  time      {r.seconds:.2f} s")
-    for w in r.image.warnings:
-        click.echo(f"warning: {w}", err=True)
+    for w in (*r.image.warnings, *r.packed.warnings):
+        click.echo(printable(f"warning: {w}"), err=True)
 
 
 @main.command()
@@ -120,13 +152,13 @@ def show(host: Path, flavor: str | None, kver: str | None) -> None:
         extra = f" -> {e.target}" if e.kind == "symlink" else ""
         click.echo(f"  {e.path}{extra}    [{e.reason}]")
     for w in image.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(printable(f"warning: {w}"), err=True)
 
 
 @main.command(name="ls")
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 def ls_cmd(image: Path) -> None:
-    """List the contents of any newc initrd, segment by segment."""
+    """List the contents of any newc initrd, segment by segment. Exit 2 if it cannot be read."""
     for line in inspect.ls_lines(inspect.read(image)):
         click.echo(line)
 
@@ -135,7 +167,8 @@ def ls_cmd(image: Path) -> None:
 @click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
 def diff(a: Path, b: Path) -> None:
-    """What differs between two images (and why, from manifests beside them). Exit 1 if any."""
+    """What differs between two images (and why, from manifests beside them). Exit 0 if they
+    hold the same, 1 if anything differs, 2 if one cannot be read."""
     lines = inspect.diff_lines(a, b)
     for line in lines:
         click.echo(line)
@@ -227,10 +260,23 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 
 @main.command()
 @click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
-def check(host: Path) -> None:
-    """Validate a host description without building."""
-    description.load(host)
-    click.echo(f"{host}: ok")
+@click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
+              help="Flavour to check; 'both' checks the two (default: boot.flavor).")
+@kver_option
+def check(host: Path, flavor: str | None, kver: str | None) -> None:
+    """Everything a build does but packing: the description, then the programs, libraries,
+    modules and files it needs on this machine. Every problem at once; exit 2 for problems
+    of the description, 1 for what this machine lacks."""
+    from .image.build import dry_run
+
+    desc = description.load(host)
+    flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
+    images = dry_run(desc, flavors, kver=kver)
+    for image in images:
+        click.echo(f"{host}: ok ({image.spec.flavor} stage one, kernel {image.spec.kver}, "
+                   f"{len(image.entries)} entries)")
+        for w in image.warnings:
+            click.echo(printable(f"warning: {w}"), err=True)
 
 
 @main.command()
@@ -251,16 +297,17 @@ def compare(host: Path, runs: int, svg_path: Path | None, png: bool, as_json: bo
     boot failed."""
     import json
 
-    from .paths import write_atomic
+    from .paths import Output, check_outputs, write_outputs
     from .report import compare as cmp
     from .report import svg
 
     desc = description.load(host)
     params = [p for a in append for p in a.split()]
+    out = svg_path or Path(f"{host.stem}-timeline.svg")
+    check_outputs([Output("--svg", out)], [host])  # before the boots, not after
     c = cmp.compare(desc, runs, workdir, kernel=kernel, kver=kver, append=params,
                     progress=None if as_json else _progress)
-    out = svg_path or Path(f"{host.stem}-timeline.svg")
-    write_atomic(out, cmp.timeline_svg(c).encode())
+    write_outputs([Output("--svg", out, cmp.timeline_svg(c).encode())], [host])
     picture, why = svg.to_png(out) if png else (None, "")
     if why:
         click.echo(f"note: {why}", err=True)

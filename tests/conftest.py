@@ -13,6 +13,9 @@ from bootgen.description import load
 from bootgen.image import kmod
 
 REPO = Path(__file__).resolve().parent.parent
+# a well-formed ed25519 public key (not anybody's): the description checks what keys hold
+PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f "
+              "test@bootgen")
 EXAMPLES = REPO / "examples"
 
 
