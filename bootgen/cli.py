@@ -14,7 +14,7 @@ import click
 
 from . import __version__, description
 from .config.schema import FLAVORS
-from .errors import BootgenError, Interrupted, printable
+from .errors import BootgenError, Interrupted, UsageError, printable
 from .report import inspect
 
 
@@ -35,6 +35,8 @@ def _one_line(e: BaseException) -> BootgenError | None:
     if isinstance(e, OSError):
         where = str(e.filename) if e.filename else ""
         return BootgenError(e.strerror or str(e), location=where)
+    if isinstance(e, ValueError) and "null byte" in str(e):
+        return UsageError("a path contains a NUL byte", hint="no file name can hold one")
     if isinstance(e, RecursionError):
         return BootgenError("input nested too deeply", hint="is this the right file?")
     if isinstance(e, MemoryError):
@@ -47,25 +49,33 @@ class _Group(click.Group):
     stop a command the way Ctrl-C does (temp files removed, exit 128 + signal)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = bool(ctx.obj and ctx.obj.get("debug")) or "--debug" in sys.argv[1:2]
+        saved = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                signal.signal(sig, _interrupt)
+                saved[sig] = signal.signal(sig, _interrupt)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except click.UsageError as e:  # one line too, naming the command's help
+            command = f"bootgen {e.ctx.command.name} --help" if e.ctx and e.ctx.command.name \
+                and e.ctx.parent else "bootgen --help"
+            click.echo(printable(f"error: {e.format_message()} (hint: {command})"), err=True)
+            ctx.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
             error = e if isinstance(e, BootgenError) else _one_line(e)
             if error is None:
                 raise  # a bug: its traceback is the report
-            if debug:
+            if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             click.echo(error.format(), err=True)
             ctx.exit(error.exit_code)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,6 +88,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+# Files bootgen reads: its own reader says what is wrong with them (one line, exit 2).
+HOST = click.Path(path_type=Path, readable=False)
+
 flavor_option = click.option("--flavor", type=click.Choice(FLAVORS),
                              help="Stage-one flavour (default: boot.flavor of the description).")
 kver_option = click.option("--kernel-version", "kver", metavar="KVER",
@@ -85,7 +98,7 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the image.")
 @flavor_option
@@ -124,7 +137,7 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @flavor_option
 @kver_option
 def show(host: Path, flavor: str | None, kver: str | None) -> None:
@@ -156,7 +169,7 @@ def show(host: Path, flavor: str | None, kver: str | None) -> None:
 
 
 @main.command(name="ls")
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("image", type=HOST)
 def ls_cmd(image: Path) -> None:
     """List the contents of any newc initrd, segment by segment. Exit 2 if it cannot be read."""
     for line in inspect.ls_lines(inspect.read(image)):
@@ -164,8 +177,8 @@ def ls_cmd(image: Path) -> None:
 
 
 @main.command()
-@click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("a", type=HOST)
+@click.argument("b", type=HOST)
 def diff(a: Path, b: Path) -> None:
     """What differs between two images (and why, from manifests beside them). Exit 0 if they
     hold the same, 1 if anything differs, 2 if one cannot be read."""
@@ -199,7 +212,7 @@ def _stage_table(r: Any) -> str:
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
               help="Flavour to boot; 'both' runs the two side by side (default: boot.flavor).")
 @kver_option
@@ -236,7 +249,7 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @flavor_option
 @click.option("--break", "stage", type=click.Choice(["pre-udev", "pre-mount", "pre-pivot"]),
               default="pre-mount", show_default=True, help="Where stage one stops.")
@@ -259,7 +272,7 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
               help="Flavour to check; 'both' checks the two (default: boot.flavor).")
 @kver_option
@@ -280,7 +293,7 @@ def check(host: Path, flavor: str | None, kver: str | None) -> None:
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Boots per flavour.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -236,7 +236,7 @@ def _convert(tp: Any, v: Any, key: str, name: str, problems: list[BootgenError],
         _problem(problems, name, key, f"expected {_TYPE_NAMES.get(tp, tp.__name__)}, "
                  f"got {_tname(v)}")
         return _BAD
-    if isinstance(v, str) and (c := _control(v, False)) is not None:
+    if isinstance(v, str) and (c := _control(v, bool(meta.get("multiline")))) is not None:
         _problem(problems, name, key, f"holds the control character {c!r}",
                  "a setting is one line of text")
         return _BAD

@@ -166,7 +166,8 @@ def check(host: Host, report: Report) -> None:
             add(f"luks[{i}].fallback_to_password", "there is no keyfile to fall back from",
                 "set key_file or key_file_device")
     # a filesystem on /dev/mapper/X names a [[luks]] entry, unless another feature makes X
-    for i, fs in enumerate(host.filesystems):
+    # (not when a name is missing or bad: that problem is reported already)
+    for i, fs in enumerate(host.filesystems if all(lk.name for lk in volumes) else ()):
         if volumes and fs.device.startswith("/dev/mapper/") and fs.device not in report.provided:
             mapped = fs.device.removeprefix("/dev/mapper/")
             close = difflib.get_close_matches(mapped, names, n=1)

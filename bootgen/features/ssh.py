@@ -88,17 +88,25 @@ def check_key_bytes(data: bytes) -> tuple[str, str] | None:
     return check_public_keys(text)
 
 
+def is_key_file(value: str) -> bool:
+    """An authorized_keys entry that names a file (else it is the keys' text)."""
+    return value.startswith("/") and "\n" not in value
+
+
 def check_authorized_key(value: str) -> tuple[str, str] | None:
-    """One authorized_keys entry: an absolute path to a file of keys, or a key's text."""
-    if value.startswith("/"):
+    """One authorized_keys entry: an absolute path to a file of keys, or keys' text (one a
+    line)."""
+    if is_key_file(value):
         return check_abs_path(value)
     if "PRIVATE KEY" in value:
         return ("this is a private key, which must never go into an image", KEYS_HINT)
     if not value.strip():
         return ("an empty key", KEYS_HINT)
-    bad = public_key_problem(value)
-    return (f"the key text {bad}", KEYS_HINT + "; a file is given by its absolute path") \
-        if bad else None
+    bad = check_public_keys(value)
+    if bad is not None and "\n" not in value.strip():
+        return (f"the key text {bad[0].removeprefix('line 1 ')}",
+                KEYS_HINT + "; a file is given by its absolute path")
+    return bad
 
 
 def check_host_key(value: str) -> tuple[str, str] | None:
@@ -118,8 +126,8 @@ class Ssh:
     port: int = setting("TCP port.", 22, check=check_port)
     server: str = setting("Which server to use.", "dropbear", choices=("dropbear", "openssh"))
     authorized_keys: tuple[str, ...] = setting(
-        "Public keys (the key text, or an absolute path to a file of keys); private keys are "
-        "refused.", factory=tuple, check=check_authorized_key)
+        "Public keys (the keys' text, one a line, or an absolute path to a file of keys); "
+        "private keys are refused.", factory=tuple, check=check_authorized_key, multiline=True)
     host_keys: tuple[str, ...] = setting(
         "Host private keys on the build host (absolute paths, OpenSSH format), packed as "
         "secrets.", factory=tuple, check=check_host_key)
@@ -165,8 +173,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                              setting=f"network.ssh.host_keys[{i}]", max_size=HOST_KEY_LIMIT,
                              private=True)
                     for i, (src, dst) in enumerate(keys))
-    literal = "".join(k.strip() + "\n" for k in ssh.authorized_keys if not k.startswith("/"))
-    files = tuple(k for k in ssh.authorized_keys if k.startswith("/"))
+    literal = "".join(k.strip() + "\n" for k in ssh.authorized_keys if not is_key_file(k))
+    files = tuple(k for k in ssh.authorized_keys if is_key_file(k))
     view = {"port": ssh.port, "keys": [dst for _, dst in keys], "server": ssh.server}
     generated = [
         Generated("/root/.ssh/authorized_keys", content=literal.encode(), include=files,
