@@ -15,6 +15,7 @@ import click
 from . import __version__, description
 from .config.schema import FLAVORS
 from .errors import BootgenError, Interrupted, UsageError, printable
+from .paths import on_signal
 from .report import inspect
 
 
@@ -24,10 +25,6 @@ def _mb(n: int) -> str:
 
 def _progress(msg: str) -> None:
     click.echo(f"  … {msg}", err=True)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted(signum, signal.Signals(signum).name)
 
 
 def _one_line(e: BaseException) -> BootgenError | None:
@@ -52,9 +49,12 @@ class _Group(click.Group):
         saved = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                saved[sig] = signal.signal(sig, _interrupt)
+                saved[sig] = signal.signal(sig, on_signal)
         try:
             return super().invoke(ctx)
+        except Interrupted as e:
+            click.echo(e.format(), err=True)
+            ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)

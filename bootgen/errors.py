@@ -74,13 +74,18 @@ def raise_all(problems: list[BootgenError]) -> None:
         raise Problems(problems)
 
 
-class Interrupted(BootgenError):
-    """A signal (SIGTERM, SIGHUP, SIGINT) stopped the command; exit 128 + the signal number."""
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGTERM, SIGHUP, SIGINT) stopped the command; exit 128 + the signal number.
+    Like Ctrl-C's KeyboardInterrupt it is no Exception: `except Exception` never swallows it,
+    `finally` blocks and `except BaseException` clean-ups run."""
 
     def __init__(self, signum: int, name: str) -> None:
         super().__init__(f"interrupted by {name}")
         self.signum = signum
         self.exit_code = 128 + signum
+
+    def format(self) -> str:
+        return f"error: {self.args[0]}"
 
 
 class BuildError(BootgenError):

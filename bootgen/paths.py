@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BootgenError, BuildError, UsageError
+from .errors import BootgenError, BuildError, Interrupted, UsageError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BOOT_DIR = Path("/boot")  # where the running kernel's initrd lives (tests point it elsewhere)
@@ -270,15 +270,34 @@ def _locked(directories: Iterable[Path]) -> Iterator[None]:
             os.close(fd)  # closing releases the lock
 
 
+_pending: list[int] | None = None  # signals that arrived while renames ran
+
+
+def on_signal(signum: int, frame: object) -> None:
+    """The handler of SIGTERM, SIGHUP and SIGINT for commands that write (bootgen.cli installs
+    it): stop with Interrupted, which removes temp files on its way out; while the renames of
+    write_outputs run, wait until they are done."""
+    if _pending is not None:
+        _pending.append(signum)
+        return
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT/SIGHUP while the renames run: they all happen or none (a signal
-    that arrived is handled right after)."""
+    """Hold SIGTERM/SIGINT/SIGHUP while the renames run: they all happen or none; a signal that
+    arrived stops the command right after. (The mask holds them in this thread; on_signal holds
+    those another thread received.)"""
+    global _pending
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    _pending = []
     try:
         yield
     finally:
+        held, _pending = _pending, None
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if held:
+            raise Interrupted(held[0], signal.Signals(held[0]).name)
 
 
 def _temp_name(path: Path) -> Path:
