@@ -465,3 +465,35 @@ def test_examples_still_load() -> None:
 
     for p in EXAMPLES.glob("*.toml"):
         load(p)
+
+
+# --- 5. secrets -----------------------------------------------------------------------------
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode,warned", [(0o644, "its group and others"), (0o640, "its group"),
+                                         (0o604, "others"), (0o600, ""), (0o400, "")])
+def test_keys_open_to_others_are_warned_about(mode: int, warned: str, tmp_path: Path) -> None:
+    key = tmp_path / "root.key"
+    key.write_bytes(b"0123456789abcdef")
+    key.chmod(mode)
+    host = tmp_path / "h.toml"
+    host.write_text(HOST.replace('device = "LABEL=root"', 'device = "/dev/mapper/root"') + f"""
+[[luks]]
+name = "root"
+device = "PARTLABEL=cryptroot"
+key_file = "{key}"
+""")
+    res = build_cli(str(host), "-o", str(tmp_path / "i.img"))
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    if warned:
+        assert warnings == [f"warning: {host}: luks[0].key_file: {key} is open to {warned} on "
+                            f"this host (mode {mode:04o}); chmod 600 {key}"]
+    else:
+        assert warnings == []
+    # the key is in the image's secrets archive, never in the reproducible part
+    image = (tmp_path / "i.img").read_bytes()
+    public = [m for s in compress.read_image(image)[:-1] for m in s.members]
+    assert not any(m.data == b"0123456789abcdef" for m in public)
+    assert compress.read_image(image)[-1].members[-1].data == b"0123456789abcdef"
