@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ import click
 
 from . import __version__, description
 from .config.schema import FLAVORS
-from .errors import BootgenError
+from .errors import BootgenError, Interrupted, UsageError, printable
+from .paths import on_signal
 from .report import inspect
 
 
@@ -24,18 +27,55 @@ def _progress(msg: str) -> None:
     click.echo(f"  … {msg}", err=True)
 
 
+def _one_line(e: BaseException) -> BootgenError | None:
+    """The BootgenError an unexpected exception from deep code stands for, or None (a bug)."""
+    if isinstance(e, OSError):
+        where = str(e.filename) if e.filename else ""
+        return BootgenError(e.strerror or str(e), location=where)
+    if isinstance(e, ValueError) and "null byte" in str(e):
+        return UsageError("a path contains a NUL byte", hint="no file name can hold one")
+    if isinstance(e, RecursionError):
+        return BootgenError("input nested too deeply", hint="is this the right file?")
+    if isinstance(e, MemoryError):
+        return BootgenError("out of memory", hint="is this the right file?")
+    return None
+
+
 class _Group(click.Group):
+    """Turns every BootgenError into its one-line message and exit code; SIGTERM and SIGHUP
+    stop a command the way Ctrl-C does (temp files removed, exit 128 + signal)."""
+
     def invoke(self, ctx: click.Context) -> Any:
+        saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                saved[sig] = signal.signal(sig, on_signal)
         try:
             return super().invoke(ctx)
-        except BootgenError as e:
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
+        except Interrupted as e:
             click.echo(e.format(), err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except click.UsageError as e:  # one line too, naming the command's help
+            command = f"bootgen {e.ctx.command.name} --help" if e.ctx and e.ctx.command.name \
+                and e.ctx.parent else "bootgen --help"
+            click.echo(printable(f"error: {e.format_message()} (hint: {command})"), err=True)
+            ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            error = e if isinstance(e, BootgenError) else _one_line(e)
+            if error is None:
+                raise  # a bug: its traceback is the report
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(error.format(), err=True)
+            ctx.exit(error.exit_code)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +88,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+# Files bootgen reads: its own reader says what is wrong with them (one line, exit 2).
+HOST = click.Path(path_type=Path, readable=False)
+
 flavor_option = click.option("--flavor", type=click.Choice(FLAVORS),
                              help="Stage-one flavour (default: boot.flavor of the description).")
 kver_option = click.option("--kernel-version", "kver", metavar="KVER",
@@ -55,7 +98,7 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the image.")
 @flavor_option
@@ -64,14 +107,16 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
               help="Write the bill of materials (JSON) here.")
 @click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write secrets as a separate archive instead of appending them.")
+@click.option("--force", is_flag=True,
+              help="Replace the running kernel's initrd (the old one is kept as NAME.bootgen-old).")
 def build(host: Path, output: Path, flavor: str | None, kver: str | None,
-          manifest_path: Path | None, secrets_out: Path | None) -> None:
+          manifest_path: Path | None, secrets_out: Path | None, force: bool) -> None:
     """Build the initrd for HOST (a .toml description)."""
     from .image.build import build as do_build
 
     desc = description.load(host)
     r = do_build(desc, output=output, flavor=flavor, kver=kver, manifest_path=manifest_path,
-                 secrets_out=secrets_out, progress=_progress)
+                 secrets_out=secrets_out, progress=_progress, force=force)
     spec = r.image.spec
     files = sum(1 for e in r.image.entries if e.kind == "file")
     click.echo(f"built {output}  ({spec.flavor} stage one, kernel {spec.kver})")
@@ -87,12 +132,12 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
     click.echo(f"  segments  {segs}")
     click.echo(f"  sha256    {r.sha256}")
     click.echo(f"  time      {r.seconds:.2f} s")
-    for w in r.image.warnings:
-        click.echo(f"warning: {w}", err=True)
+    for w in (*r.image.warnings, *r.packed.warnings):
+        click.echo(printable(f"warning: {w}"), err=True)
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @flavor_option
 @kver_option
 def show(host: Path, flavor: str | None, kver: str | None) -> None:
@@ -120,22 +165,23 @@ def show(host: Path, flavor: str | None, kver: str | None) -> None:
         extra = f" -> {e.target}" if e.kind == "symlink" else ""
         click.echo(f"  {e.path}{extra}    [{e.reason}]")
     for w in image.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(printable(f"warning: {w}"), err=True)
 
 
 @main.command(name="ls")
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("image", type=HOST)
 def ls_cmd(image: Path) -> None:
-    """List the contents of any newc initrd, segment by segment."""
+    """List the contents of any newc initrd, segment by segment. Exit 2 if it cannot be read."""
     for line in inspect.ls_lines(inspect.read(image)):
         click.echo(line)
 
 
 @main.command()
-@click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("a", type=HOST)
+@click.argument("b", type=HOST)
 def diff(a: Path, b: Path) -> None:
-    """What differs between two images (and why, from manifests beside them). Exit 1 if any."""
+    """What differs between two images (and why, from manifests beside them). Exit 0 if they
+    hold the same, 1 if anything differs, 2 if one cannot be read."""
     lines = inspect.diff_lines(a, b)
     for line in lines:
         click.echo(line)
@@ -166,7 +212,7 @@ def _stage_table(r: Any) -> str:
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
               help="Flavour to boot; 'both' runs the two side by side (default: boot.flavor).")
 @kver_option
@@ -222,7 +268,7 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @flavor_option
 @click.option("--break", "stage", type=click.Choice(["pre-udev", "pre-mount", "pre-pivot"]),
               default="pre-mount", show_default=True, help="Where stage one stops.")
@@ -245,15 +291,28 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
-def check(host: Path) -> None:
-    """Validate a host description without building."""
-    description.load(host)
-    click.echo(f"{host}: ok")
+@click.argument("host", type=HOST)
+@click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
+              help="Flavour to check; 'both' checks the two (default: boot.flavor).")
+@kver_option
+def check(host: Path, flavor: str | None, kver: str | None) -> None:
+    """Everything a build does but packing: the description, then the programs, libraries,
+    modules and files it needs on this machine. Every problem at once; exit 2 for problems
+    of the description, 1 for what this machine lacks."""
+    from .image.build import dry_run
+
+    desc = description.load(host)
+    flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
+    images = dry_run(desc, flavors, kver=kver)
+    for image in images:
+        click.echo(f"{host}: ok ({image.spec.flavor} stage one, kernel {image.spec.kver}, "
+                   f"{len(image.entries)} entries)")
+        for w in image.warnings:
+            click.echo(printable(f"warning: {w}"), err=True)
 
 
 @main.command()
-@click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("host", type=HOST)
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Boots per flavour.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -270,16 +329,17 @@ def compare(host: Path, runs: int, svg_path: Path | None, png: bool, as_json: bo
     boot failed."""
     import json
 
-    from .paths import write_atomic
+    from .paths import Output, check_outputs, write_outputs
     from .report import compare as cmp
     from .report import svg
 
     desc = description.load(host)
     params = [p for a in append for p in a.split()]
+    out = svg_path or Path(f"{host.stem}-timeline.svg")
+    check_outputs([Output("--svg", out)], [host])  # before the boots, not after
     c = cmp.compare(desc, runs, workdir, kernel=kernel, kver=kver, append=params,
                     progress=None if as_json else _progress)
-    out = svg_path or Path(f"{host.stem}-timeline.svg")
-    write_atomic(out, cmp.timeline_svg(c).encode())
+    write_outputs([Output("--svg", out, cmp.timeline_svg(c).encode())], [host])
     picture, why = svg.to_png(out) if png else (None, "")
     if why:
         click.echo(f"note: {why}", err=True)

@@ -13,6 +13,9 @@ from bootgen.description import load
 from bootgen.image import kmod
 
 REPO = Path(__file__).resolve().parent.parent
+# a well-formed ed25519 public key (not anybody's): the description checks what keys hold
+PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f "
+              "test@bootgen")
 EXAMPLES = REPO / "examples"
 
 
@@ -38,6 +41,28 @@ def _kernel() -> str | None:
 
 KVER = _kernel()
 needs_kernel = pytest.mark.skipif(KVER is None, reason="no kernel modules under /lib/modules")
+
+
+def alias_providers(alias: str, kver: str | None = KVER) -> set[str]:
+    """Modules of the kernel that provide `alias` (modules.alias), e.g. which crc32c modules
+    this kernel ships: machines differ (another kernel may build one in)."""
+    if kver is None:
+        return set()
+    path = Path("/lib/modules", kver, "modules.alias")
+    out = set()
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias" and parts[1] == alias:
+            out.add(parts[2].replace("-", "_"))
+    return out
+
+
+def debian_initrd() -> Path | None:
+    """The Debian initrd of the newest installed kernel, derived (never a fixed version)."""
+    if KVER is None:
+        return None
+    path = Path("/boot", f"initrd.img-{KVER}")
+    return path if path.is_file() and os.access(path, os.R_OK) else None
 
 
 def needs_tool(name: str) -> pytest.MarkDecorator:

@@ -17,7 +17,7 @@ from bootgen.features.api import Context, Contribution, Feature, Group, Hook, Us
 from bootgen.image.plan import order_hooks, plan
 from bootgen.image.render import render
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, PUBLIC_KEY
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bootgen"
 
@@ -146,7 +146,7 @@ def test_hooks_in_registry_order_unless_named() -> None:
 
 def test_network_flush_after_ssh_stop_and_sshd_after_network() -> None:
     text = (EXAMPLES / "network.toml").read_text() + (
-        '\n[network.ssh]\nenable = true\nauthorized_keys = ["ssh-ed25519 AAAA x"]\n'
+        f'\n[network.ssh]\nenable = true\nauthorized_keys = ["{PUBLIC_KEY}"]\n'
         'host_keys = ["/etc/ssh/k"]\n')
     spec = plan(loads(text), flavor="scripted", kver="k")
     order = [(h.point, h.feature) for h in spec.hooks]

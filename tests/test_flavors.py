@@ -56,8 +56,9 @@ def test_scripted_init_shellcheck(scripted: Path) -> None:
 
 def test_scripted_init_mounts_the_second_filesystem(scripted: Path) -> None:
     text = (scripted / "init").read_text()
-    assert "wait_device PARTUUID=6a0f4a34-5d5e-4b57-9d44-2a1e0c3c7f10 /var" in text
-    assert "mkdir -p /sysroot/var" in text
+    assert "fs_dev=PARTUUID=6a0f4a34-5d5e-4b57-9d44-2a1e0c3c7f10\nfs_mnt=/var\n" in text
+    assert 'wait_device "$fs_dev" "$fs_mnt"' in text
+    assert 'mkdir -p "/sysroot$fs_mnt"' in text
 
 
 def test_scripted_contains_only_what_it_uses(scripted: Path) -> None:
@@ -68,9 +69,11 @@ def test_scripted_contains_only_what_it_uses(scripted: Path) -> None:
 
 
 @needs_tool("shellcheck")
-def test_systemd_generator_shellcheck(systemd: Path) -> None:
-    gen = systemd / "usr/lib/systemd/system-generators/bootgen-generator"
-    res = subprocess.run(["shellcheck", "-s", "sh", gen], capture_output=True, text=True)
+@pytest.mark.parametrize("script", ["usr/lib/systemd/system-generators/bootgen-generator",
+                                    "usr/lib/bootgen/stop", "usr/lib/bootgen/init-check"])
+def test_systemd_scripts_shellcheck(systemd: Path, script: str) -> None:
+    res = subprocess.run(["shellcheck", "-s", "sh", systemd / script], capture_output=True,
+                         text=True)
     assert res.returncode == 0, res.stdout
 
 

@@ -15,7 +15,7 @@ from bootgen.errors import BuildError
 from bootgen.image import kmod
 from bootgen.run import run, which
 
-from .conftest import KVER, needs_kernel  # noqa: E402
+from .conftest import KVER, alias_providers, needs_kernel  # noqa: E402
 
 MODPROBE = which("modprobe")
 
@@ -45,15 +45,17 @@ def test_virtio_ext4_closure() -> None:
     assert c.kver == KVER
     want = {
         "virtio_pci", "virtio_blk", "ext4", "virtio", "virtio_ring", "virtio_pci_modern_dev",
-        "virtio_pci_legacy_dev", "jbd2", "mbcache", "crc16", "crc32c_generic",
+        "virtio_pci_legacy_dev", "jbd2", "mbcache", "crc16",
     }  # fmt: skip
-    assert want <= names(c)
+    crc32c = alias_providers("crypto-crc32c")  # which ones depends on the kernel's build
+    assert want | crc32c <= names(c)
     assert [m.name for m in c.modules] == sorted(m.name for m in c.modules)
     by = {m.name: m for m in c.modules}
     assert by["virtio_blk"].reason == "requested"
     assert by["virtio_blk"].relpath == "kernel/drivers/block/virtio_blk.ko"
     assert by["jbd2"].reason == "dependency of ext4"
-    assert by["crc32c_generic"].reason == "alias crypto-crc32c ← softdep of ext4"
+    for name in crc32c:
+        assert by[name].reason == "alias crypto-crc32c ← softdep of ext4"
     assert c.builtin == ()
 
 
@@ -72,8 +74,11 @@ def test_matches_modprobe(name: str) -> None:
 @needs_kernel
 def test_alias_takes_every_match() -> None:
     assert KVER is not None
+    providers = alias_providers("crc32c")
+    if len(providers) < 2:
+        pytest.skip(f"this kernel has {len(providers)} module(s) for crc32c, not several")
     c = kmod.resolve(["crc32c"], KVER)
-    assert {"crc32c_generic", "crc32c_intel"} <= names(c)
+    assert providers <= names(c)
     assert all(m.reason == "alias crc32c ← requested" for m in c.modules if "crc32c" in m.name)
 
 

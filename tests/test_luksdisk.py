@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bootgen import description as config
-from bootgen.errors import BuildError
+from bootgen.errors import BuildError, UsageError
 from bootgen.vm import diskbuild, disks, luksdisk
 from bootgen.vm.diskbuild import build_disks
 from bootgen.vm.disks import BuiltDisk, FsImage, Keyfile, Partition, plan_disks
@@ -418,7 +418,12 @@ def test_build_says_cryptsetup_is_missing(tmp_path: Path, monkeypatch: pytest.Mo
 @needs_tools
 def test_build_unreadable_host_keyfile(tmp_path: Path) -> None:
     lk = luks("c", "LABEL=c", f'key_file = "{tmp_path}/missing"\n')
-    with pytest.raises(BuildError, match=r"^\[\[luks\]\] 'c': cannot read key_file "):
+    with pytest.raises(UsageError, match=r"missing: no such file") as e:
+        build_disks(host(fs("/", "/dev/mapper/c"), luks=lk), tmp_path, cache_dir=tmp_path / "c")
+    assert e.value.location.endswith(": luks[0].key_file")
+    os.mkfifo(tmp_path / "fifo")  # never read: it would block
+    lk = luks("c", "LABEL=c", f'key_file = "{tmp_path}/fifo"\n')
+    with pytest.raises(UsageError, match=r"fifo: is a FIFO, not a regular file"):
         build_disks(host(fs("/", "/dev/mapper/c"), luks=lk), tmp_path, cache_dir=tmp_path / "c")
     (tmp_path / "short").write_bytes(b"12345")
     lk = luks("c", "LABEL=c", f'key_file = "{tmp_path}/short"\nkey_file_size = 8\n')

@@ -35,9 +35,11 @@ def test_secrets_in_a_separate_aligned_archive(method: str) -> None:
     assert b"very secret" not in packed.main
     assert packed.main == pack(image([INIT], method), early_microcode=False).main
     data = packed.data
-    assert len(data) % 4 == 0 or data.endswith(packed.secrets)
+    # public part, NUL padding to a multiple of 4, then the secrets archive
+    assert data.startswith(packed.public) and data.endswith(packed.secrets)
     start = len(data) - len(packed.secrets)
-    assert start % 4 == 0
+    assert start % 4 == 0 and start >= len(packed.public)
+    assert data[len(packed.public):start] == b"\0" * (start - len(packed.public))
     segments = read_image(data)
     assert [m.name for m in segments[-1].members] == ["etc", "etc/keys", "etc/keys/root.key"]
     assert segments[-1].members[-1].data == b"very secret"

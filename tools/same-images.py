@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FLAVORS = ("systemd", "scripted")
+LITERAL_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+               " literal")  # well-formed: bootgen checks that public keys are public keys
 
 
 def extra_hosts(inputs: Path) -> dict[str, str]:
@@ -103,7 +105,7 @@ mtu = 1400
 enable = true
 server = "openssh"
 port = 2222
-authorized_keys = ["{inputs / 'client.pub'}", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr literal"]
+authorized_keys = ["{inputs / 'client.pub'}", "{LITERAL_KEY}"]
 host_keys = ["{inputs / 'ssh_host_ed25519_key'}"]
 """,
         "ssh-dropbear": base.format(boot='compression = "gzip"') + root_luks + f"""

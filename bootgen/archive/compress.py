@@ -49,6 +49,10 @@ _MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\x89LZO", "lzo"),
 )
 _NON_ZERO = re.compile(rb"[^\x00]")
+MAX_UNPACKED = 2 << 30  # bytes a compressed segment may unpack to (bootgen ls, diff, check)
+MAX_UNPACKED_ENV = "BOOTGEN_MAX_UNPACKED"  # how a user raises it (read by the callers)
+NUL_RUN = 1 << 20  # NUL bytes a segment may unpack to before its first archive
+CHUNK = 1 << 20  # decompressed bytes per step
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,27 @@ def detect(data: bytes, offset: int) -> str | None:
     return None
 
 
-def decompress_stream(data: bytes, offset: int) -> tuple[str, bytes, int]:
-    """Decompress the one stream starting at offset: (method, output, offset after it)."""
+def _too_big(method: str, offset: int, limit: int) -> BuildError:
+    return BuildError(
+        f"{method} stream at offset {offset} unpacks to more than {limit} bytes",
+        location="initrd",
+        hint=f"set {MAX_UNPACKED_ENV} (now {limit}) higher if this is a real initrd",
+    )
+
+
+def _nul_only(method: str, offset: int) -> BuildError:
+    return BuildError(
+        f"{method} stream at offset {offset} unpacks to NUL bytes only, no cpio archive",
+        location="initrd",
+    )
+
+
+def decompress_stream(data: bytes, offset: int, limit: int = MAX_UNPACKED
+                      ) -> tuple[str, bytes, int]:
+    """Decompress the one stream starting at offset: (method, output, offset after it).
+
+    The output is bounded: more than `limit` bytes, or more than NUL_RUN bytes of NULs before
+    any other byte (a "bomb"), fail fast without unpacking the rest."""
     method = detect(data, offset)
     if method in UNSUPPORTED:
         raise BuildError(
@@ -142,31 +165,84 @@ def decompress_stream(data: bytes, offset: int) -> tuple[str, bytes, int]:
         what = "an uncompressed cpio archive" if method else "unrecognised data"
         raise BuildError(f"no compressed stream at offset {offset} ({what})", location="initrd")
     if method == "lz4":
-        out, end = _unlz4_legacy(data, offset)
+        out, end = _unlz4_legacy(data, offset, limit)
         return method, out, end
     view = memoryview(data)[offset:]
-    dec: zstandard.ZstdDecompressionObj | zlib._Decompress | lzma.LZMADecompressor
     if method == "zstd":
-        dec = zstandard.ZstdDecompressor().decompressobj()
-    elif method == "gzip":
-        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    else:
-        dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        try:
+            size = zstandard.frame_content_size(view[:18])
+        except zstandard.ZstdError:
+            size = -1
+        if size > limit:  # the frame says how big it is: no need to try
+            raise _too_big(method, offset, limit)
+    buf = bytearray()
     try:
-        out = dec.decompress(view)
+        if method == "zstd":
+            zdec = zstandard.ZstdDecompressor().decompressobj()
+            pos = 0
+            # a zstd block of a few bytes can stand for 128 KiB: feed small pieces
+            while not zdec.eof and pos < len(view):
+                buf += zdec.decompress(view[pos:pos + 4096])
+                pos += 4096
+                _bounded(buf, method, offset, limit)
+            eof, unused = zdec.eof, len(zdec.unused_data) + max(0, len(view) - pos)
+        elif method == "gzip":
+            gdec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending: bytes | memoryview = view
+            while not gdec.eof:
+                chunk = gdec.decompress(pending, CHUNK)
+                pending = gdec.unconsumed_tail
+                buf += chunk
+                _bounded(buf, method, offset, limit)
+                if not chunk and not pending:
+                    break
+            eof, unused = gdec.eof, len(gdec.unused_data)
+        else:
+            xdec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            first = True
+            while not xdec.eof and (first or not xdec.needs_input):
+                buf += xdec.decompress(view if first else b"", CHUNK)
+                first = False
+                _bounded(buf, method, offset, limit)
+            eof, unused = xdec.eof, len(xdec.unused_data)
     except (zstandard.ZstdError, zlib.error, lzma.LZMAError) as e:
         raise BuildError(
             f"corrupt {method} stream at offset {offset}: {e}", location="initrd"
         ) from e
-    if not dec.eof:
+    if not eof:
         raise BuildError(
             f"truncated {method} stream at offset {offset}: it ends before its end marker",
             location="initrd",
         )
-    return method, out, len(data) - len(dec.unused_data)
+    return method, bytes(buf), len(data) - unused
 
 
-def _unlz4_legacy(data: bytes, offset: int) -> tuple[bytes, int]:
+def _bounded(out: bytearray, method: str, offset: int, limit: int) -> None:
+    if len(out) > limit:
+        raise _too_big(method, offset, limit)
+    if len(out) > NUL_RUN and not _NON_ZERO.search(out, 0, NUL_RUN + 1):
+        raise _nul_only(method, offset)
+
+
+def matches(data: bytes, method: str, raw: bytes) -> str | None:
+    """Whether `data` is exactly one `method` stream of `raw` (what a cache hit must be):
+    None when it is, else what is wrong."""
+    if method == "none":
+        return None if data == raw else "it differs from the archive"
+    try:
+        found, out, end = decompress_stream(data, 0, len(raw))
+    except BuildError as e:
+        return e.message
+    if found != method:
+        return f"it is {found}, not {method}"
+    if end != len(data):
+        return f"{len(data) - end} bytes follow its end"
+    if out != raw:
+        return "it unpacks to other bytes than the archive"
+    return None
+
+
+def _unlz4_legacy(data: bytes, offset: int, limit: int = 0) -> tuple[bytes, int]:
     """Read lz4 legacy blocks until EOF, a zero size (padding) or another format's magic.
 
     A repeated lz4 legacy magic continues the stream, as in the kernel and the lz4 tool.
@@ -176,6 +252,7 @@ def _unlz4_legacy(data: bytes, offset: int) -> tuple[bytes, int]:
     view = memoryview(data)
     pos = offset + 4
     chunks: list[bytes] = []
+    total = 0
     while pos + 4 <= len(data):
         (size,) = struct.unpack_from("<I", data, pos)
         if size == 0:
@@ -196,6 +273,9 @@ def _unlz4_legacy(data: bytes, offset: int) -> tuple[bytes, int]:
                     f"corrupt lz4 block at offset {pos}: {e}", location="initrd"
                 ) from e
             chunks.append(chunk)
+            total += len(chunk)
+            if limit and total > limit:
+                raise _too_big("lz4", offset, limit)
             pos += 4 + size
             continue
         if other is not None:
@@ -236,9 +316,11 @@ def _read_archives(blob: bytes, method: str, seg_offset: int) -> tuple[list[Memb
     return members, count
 
 
-def read_image(data: bytes) -> list[Segment]:
-    """Split an initrd file into its segments and parse every cpio archive in them."""
+def read_image(data: bytes, limit: int = MAX_UNPACKED) -> list[Segment]:
+    """Split an initrd file into its segments and parse every cpio archive in them; together
+    the segments may unpack to `limit` bytes at most."""
     segments: list[Segment] = []
+    unpacked = 0
     pos = skip_zeros(data, 0)
     while pos < len(data):
         kind = detect(data, pos)
@@ -259,7 +341,8 @@ def read_image(data: bytes) -> list[Segment]:
                 hint="expected a cpio archive or a zstd, gzip, xz or lz4 stream",
             )
         else:
-            method, blob, end = decompress_stream(data, pos)
+            method, blob, end = decompress_stream(data, pos, limit - unpacked)
+            unpacked += len(blob)
             members, count = _read_archives(blob, method, pos)
             segments.append(Segment(pos, end, method, members, count))
         pos = skip_zeros(data, end)

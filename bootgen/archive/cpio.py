@@ -102,6 +102,20 @@ def normalize_name(name: str) -> str:
     return stripped
 
 
+def member_path(name: str) -> str | None:
+    """The absolute path an archive name unpacks to ("./etc/x" and "etc/x" → "/etc/x", "." →
+    "/"), or None for a name the kernel would not place below / as written: an absolute name,
+    or one with a ".." component (shown as it is by readers, never silently "fixed")."""
+    stripped = name
+    while stripped.startswith("./"):
+        stripped = stripped[2:]
+    if stripped in ("", "."):
+        return "/"
+    if stripped.startswith("/") or ".." in stripped.split("/"):
+        return None
+    return "/" + "/".join(p for p in stripped.split("/") if p not in ("", "."))
+
+
 def _key(m: Member) -> tuple[int, bytes, tuple[int, int]]:
     rdev = m.rdev if m.is_device else (0, 0)
     return (m.mode, m.data, rdev)

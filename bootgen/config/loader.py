@@ -21,6 +21,7 @@ from typing import Any
 
 from ..archive.compress import LEVEL_RANGES
 from ..errors import BootgenError, DescriptionError
+from ..paths import read_regular
 from .schema import Host, Section
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
@@ -44,18 +45,27 @@ class Report:
 Checks = Callable[[Host, Report], None]
 
 
+MAX_DESCRIPTION = 1 << 20  # bytes: a host description is a page or two of TOML
+MAX_DEPTH = 32  # arrays and tables nested deeper than any description needs
+
+
 def load(path: str | Path, sections: Sequence[Section[Any]] = (),
          checks: Checks | None = None) -> Host:
     """Read and validate a host description; raise DescriptionError listing all problems."""
-    p = Path(path)
     name = str(path)
     try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise DescriptionError([BootgenError("no such file", location=name,
-                                             hint="give the path of a host .toml")]) from None
-    except OSError as e:
-        raise DescriptionError([BootgenError(f"cannot read: {e.strerror}", location=name)]) from e
+        data = read_regular(path, limit=MAX_DESCRIPTION, error=BootgenError)
+    except BootgenError as e:
+        hint = "give the path of a host .toml" if e.message == "no such file" else e.hint
+        raise DescriptionError([BootgenError(e.message, location=name, hint=hint)]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DescriptionError([BootgenError(
+            f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}", location=name,
+            hint="a description is TOML, which is UTF-8: convert it (iconv -f latin1 -t utf-8)"
+        )]) from None
     return loads(text, name, sections, checks)
 
 
@@ -65,6 +75,13 @@ def loads(text: str, name: str = "<string>", sections: Sequence[Section[Any]] = 
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise DescriptionError([BootgenError(f"not valid TOML: {e}", location=name)]) from None
+    except RecursionError:
+        raise DescriptionError([BootgenError("not valid TOML: nested too deeply",
+                                             location=name)]) from None
+    deep = _too_deep(raw, MAX_DEPTH)
+    if deep is not None:
+        raise DescriptionError([BootgenError(f"nested more than {MAX_DEPTH} levels deep",
+                                             location=f"{name}: {deep}")])
     problems: list[BootgenError] = []
     values = _sections(raw, sections, name, problems)
     host = dataclasses.replace(_build(Host, raw, "", name, problems,
@@ -148,6 +165,28 @@ def _build(cls: type, raw: Any, key: str, name: str, problems: list[BootgenError
 _BAD = object()
 
 
+def _too_deep(value: Any, depth: int, key: str = "") -> str | None:
+    """The key of a value nested more than `depth` arrays and tables deep, or None."""
+    todo = [(value, key, 0)]
+    while todo:
+        v, k, d = todo.pop()
+        if d > depth:
+            return k or "(top level)"
+        if isinstance(v, dict):
+            todo += [(x, _join(k, str(n)), d + 1) for n, x in v.items()]
+        elif isinstance(v, list):
+            todo += [(x, f"{k}[{i}]", d + 1) for i, x in enumerate(v)]
+    return None
+
+
+def _control(value: str, multiline: bool) -> str | None:
+    """The first control character a one-line setting must not hold (newline, NUL...)."""
+    for c in value:
+        if (ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f) and not (multiline and c in "\n\t"):
+            return c
+    return None
+
+
 _TOML_TYPES = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
                (list, "an array"), (dict, "a table"))  # bool before int: bool is an int
 
@@ -176,6 +215,11 @@ def _convert(tp: Any, v: Any, key: str, name: str, problems: list[BootgenError],
                 if not isinstance(v2, str):
                     _problem(problems, name, f"{key}.{k2}", f"expected a string, got {_tname(v2)}")
                     continue
+                c = _control(k2, False) or _control(v2, bool(meta.get("multiline")))
+                if c is not None:
+                    _problem(problems, name, f"{key}.{k2}", f"holds the control character {c!r}",
+                             "only newlines and tabs may be in a text")
+                    continue
                 if _check(k2, f"{key}.{k2}", name, problems, meta):
                     out.append((k2, v2))
             return tuple(out)
@@ -193,6 +237,10 @@ def _convert(tp: Any, v: Any, key: str, name: str, problems: list[BootgenError],
     if tp is int and isinstance(v, bool) or not isinstance(v, tp):
         _problem(problems, name, key, f"expected {_TYPE_NAMES.get(tp, tp.__name__)}, "
                  f"got {_tname(v)}")
+        return _BAD
+    if isinstance(v, str) and (c := _control(v, bool(meta.get("multiline")))) is not None:
+        _problem(problems, name, key, f"holds the control character {c!r}",
+                 "a setting is one line of text")
         return _BAD
     if not _check(v, key, name, problems, meta):
         return _BAD

@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ..archive.compress import DEFAULT_LEVELS, LEVEL_RANGES, METHODS
-from .settings import check_abs_path, check_device, check_positive, setting
+from .settings import (
+    bounded,
+    check_abs_path,
+    check_device,
+    check_kernel_version,
+    check_module_name,
+    check_mount_option,
+    check_plain_path,
+    check_positive,
+    setting,
+)
 
 FLAVORS = ("systemd", "scripted")
 FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "f2fs", "squashfs", "tmpfs")
@@ -49,7 +59,7 @@ class Boot:
         factory=tuple, example='["console=ttyS0", "quiet"]')
     device_timeout: int = setting(
         "Seconds stage one waits for each needed device before failing.", 30,
-        check=check_positive)
+        check=bounded(0, 86400, " s"))
     init: str = setting("Program exec'd in the real root (`init=` overrides).", "/sbin/init",
                         check=check_abs_path)
     resume_device: str | None = setting(
@@ -67,24 +77,26 @@ class Kernel:
 
     version: str | None = setting(
         "Kernel release (`uname -r`); default: the newest under /lib/modules.", None,
-        example='"6.1.0-56-amd64"')
+        example='"6.1.0-56-amd64"', check=check_kernel_version)
     modules: tuple[str, ...] = setting(
         "Modules loaded at the start of stage one, with their dependencies.", factory=tuple,
-        example='["virtio_pci", "virtio_blk", "ext4"]')
+        example='["virtio_pci", "virtio_blk", "ext4"]', check=check_module_name)
     available_modules: tuple[str, ...] = setting(
         "Modules included but only loaded on demand (udev, modprobe).", factory=tuple,
-        example='["virtio_net"]')
+        example='["virtio_net"]', check=check_module_name)
 
 
 @dataclass(frozen=True)
 class Filesystem:
     """A filesystem of the host. `/` and those with `needed_for_boot` are mounted by stage one."""
 
-    mountpoint: str = setting("Where it is mounted in the real root.", "", check=check_abs_path)
+    mountpoint: str = setting("Where it is mounted in the real root.", "",
+                              check=check_plain_path)
     device: str = setting("Block device: /dev/..., LABEL=, UUID=, PARTUUID=, PARTLABEL=.", "",
                           check=check_device)
     fstype: str = setting("Filesystem type.", "", choices=FSTYPES)
-    options: tuple[str, ...] = setting("Mount options.", factory=tuple, example='["rw", "noatime"]')
+    options: tuple[str, ...] = setting("Mount options, one per element.", factory=tuple,
+                                       example='["rw", "noatime"]', check=check_mount_option)
     needed_for_boot: bool = setting(
         "Mount it in stage one (below /sysroot); always true for `/`.", False)
     fsck: bool = setting("Check it with the fstype's fsck before mounting, when one exists.", True)

@@ -26,11 +26,16 @@ from typing import Any
 from ..config.loader import Report
 from ..config.schema import Filesystem, Host, Section, Table, Tables
 from ..config.settings import (
+    PLAIN,
+    bounded,
     check_abs_path,
     check_cidr,
     check_device,
+    check_device_word,
     check_ipv4,
     check_mac,
+    check_mode,
+    check_plain_path,
     check_port,
     check_positive,
     matching,
@@ -40,8 +45,9 @@ from ..config.settings import (
 __all__ = [
     "Context", "Contribution", "DevNode", "Dir", "Feature", "Filesystem", "Generated", "Group",
     "Hook", "Host", "HostFile", "Library", "Module", "Program", "Report", "Section", "Symlink",
-    "Table", "Tables", "User", "check_abs_path", "check_cidr", "check_device", "check_ipv4",
-    "check_mac", "check_port", "check_positive", "matching", "setting",
+    "Table", "Tables", "User", "PLAIN", "bounded", "check_abs_path", "check_cidr", "check_device",
+    "check_device_word", "check_ipv4", "check_mac", "check_mode", "check_plain_path",
+    "check_port", "check_positive", "matching", "setting",
 ]
 
 # Where the scripted init places hook fragments, in the order it runs them.
@@ -101,6 +107,11 @@ class HostFile:
     secret: bool = False  # goes to the separate secrets archive, never the reproducible one
     convert: str | None = None  # "dropbear-key": OpenSSH private key → dropbear's format
     feature: str = ""
+    # A file the description names ("luks[0].key_file"): only a readable regular file of at
+    # most `max_size` bytes is taken, and problems are reported at that key.
+    setting: str = ""
+    max_size: int | None = None
+    private: bool = False  # a key: warn when others than its owner may read it on the host
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,11 @@ class Generated:
     secret: bool = False
     include: tuple[str, ...] = ()  # host files appended to the content when resolved
     feature: str = ""
+    # Where the description names the included files, their size limit, and a check of each
+    # one's content: None when fine, else (message, hint), reported at `include_setting`.
+    include_setting: str = ""
+    include_limit: int = 1 << 20
+    include_check: Callable[[bytes], tuple[str, str] | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .api import (
@@ -15,17 +16,43 @@ from .api import (
     Report,
     Table,
     check_abs_path,
+    check_mode,
+    check_plain_path,
     setting,
 )
+
+FILE_LIMIT = 256 << 20  # bytes of one extra file: stage one lives in memory
+
+
+def check_program(value: str) -> tuple[str, str] | None:
+    """A program: a bare name found in sbin/bin, or an absolute path."""
+    if value.startswith("/"):
+        return check_abs_path(value)
+    if not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", value):
+        return (f"'{value}' is neither a bare program name nor an absolute path",
+                "e.g. 'lsblk' or '/usr/bin/lsblk'")
+    return None
+
+
+def check_library(value: str) -> tuple[str, str] | None:
+    """A library: a soname (libfoo.so.1) or an absolute path."""
+    if value.startswith("/"):
+        return check_abs_path(value)
+    if not re.fullmatch(r"lib[A-Za-z0-9_.+-]*\.so[0-9.]*", value):
+        return (f"'{value}' is neither a soname nor an absolute path",
+                "e.g. 'libnss_files.so.2' or '/usr/lib/x86_64-linux-gnu/libnss_files.so.2'")
+    return None
 
 
 @dataclass(frozen=True)
 class ExtraFile:
     """A file copied from the build host into the image."""
 
-    source: str = setting("Path on the build host.", "", check=check_abs_path)
-    target: str = setting("Path in the image.", "", check=check_abs_path)
-    mode: int | None = setting("Permission bits; default: the source's.", None)
+    source: str = setting("Path on the build host: a regular file (or a link to one) of at "
+                          "most 256 MiB.", "", check=check_abs_path)
+    target: str = setting("Path in the image.", "", check=check_plain_path)
+    mode: int | None = setting("Permission bits (0o0-0o7777, not setuid/setgid and writable by "
+                               "all); default: the source's.", None, check=check_mode)
 
 
 @dataclass(frozen=True)
@@ -33,9 +60,9 @@ class Extra:
     """Anything else the image must carry."""
 
     binaries: tuple[str, ...] = setting("Extra programs (name or path); their libraries follow.",
-                                        factory=tuple)
+                                        factory=tuple, check=check_program)
     libraries: tuple[str, ...] = setting("Extra libraries loaded with dlopen (path or soname).",
-                                         factory=tuple)
+                                         factory=tuple, check=check_library)
     files: tuple[ExtraFile, ...] = setting("Extra files.", factory=tuple)
 
 
@@ -54,7 +81,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
     return Contribution(
         programs=tuple(Program(b) for b in ex.binaries),
         libraries=tuple(Library(lib) for lib in ex.libraries),
-        files=tuple(HostFile(f.source, target=f.target, mode=f.mode) for f in ex.files),
+        files=tuple(HostFile(f.source, target=f.target, mode=f.mode, setting=f"extra.files[{i}]"
+                             ".source", max_size=FILE_LIMIT) for i, f in enumerate(ex.files)),
     )
 
 

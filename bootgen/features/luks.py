@@ -26,9 +26,9 @@ from .api import (
     Report,
     Symlink,
     Tables,
+    bounded,
     check_abs_path,
-    check_device,
-    check_positive,
+    check_device_word,
     matching,
     setting,
 )
@@ -39,11 +39,18 @@ check_name = matching(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,126}", "a device-mapper na
                       "letters, digits, '-' and '_'")
 check_option = matching(r"[A-Za-z0-9_.:/=+-]+", "a crypttab option",
                         "e.g. 'no-read-workqueue' or 'cipher=...'")
+# a path on the key device: crypttab writes it as PATH:DEVICE, so no ':' and no whitespace
+check_key_path = matching(r"(/[A-Za-z0-9_.+@=~-]+)+", "a plain absolute path without ':'",
+                          "e.g. '/keys/root.key'")
+KEY_LIMIT = 8 << 20  # cryptsetup reads 8 MiB of a keyfile at most
+HEADER_LIMIT = 64 << 20  # a LUKS2 header with its keyslots area (16 MiB by default)
 
 
 def check_tries(value: int) -> tuple[str, str] | None:
     if value < 1:
         return (f"{value} tries would never ask", "use 1 or more")
+    if value > 100:
+        return (f"{value} tries", "use 100 or fewer")
     return None
 
 
@@ -52,17 +59,19 @@ class Luks:
     """An encrypted (LUKS) block device opened by stage one as /dev/mapper/<name>."""
 
     name: str = setting("Name of the opened device (/dev/mapper/<name>).", "", check=check_name)
-    device: str = setting("The encrypted device.", "", check=check_device)
+    device: str = setting("The encrypted device.", "", check=check_device_word)
     key_file: str | None = setting(
         "Keyfile on the build host, embedded in the separate secrets archive.", None,
         check=check_abs_path)
     key_file_device: str | None = setting(
-        "Device holding a keyfile read at boot (with `key_file_path`).", None, check=check_device)
+        "Device holding a keyfile read at boot (with `key_file_path`).", None,
+        check=check_device_word)
     key_file_path: str | None = setting("Path of the keyfile on `key_file_device`.", None,
-                                        check=check_abs_path)
-    key_file_size: int | None = setting("Bytes of the keyfile to use.", None, check=check_positive)
+                                        check=check_key_path)
+    key_file_size: int | None = setting("Bytes of the keyfile to use.", None,
+                                        check=bounded(0, KEY_LIMIT))
     key_file_offset: int | None = setting("Offset of the key in the keyfile.", None,
-                                          check=check_positive)
+                                          check=bounded(0, 1 << 40))
     header: str | None = setting("Detached LUKS header file on the build host.", None,
                                  check=check_abs_path)
     allow_discards: bool = setting("Pass discards (TRIM) through.", False)
@@ -70,7 +79,7 @@ class Luks:
     try_empty_passphrase: bool = setting("Try an empty passphrase before asking.", False)
     tries: int = setting("Passphrase attempts before giving up.", 3, check=check_tries)
     timeout: int = setting("Seconds to wait for the passphrase; 0 = forever.", 0,
-                           check=check_positive)
+                           check=bounded(0, 86400, " s"))
     options: tuple[str, ...] = setting("Extra crypttab options.", factory=tuple,
                                        check=check_option)
 
@@ -164,7 +173,8 @@ def check(host: Host, report: Report) -> None:
             add(f"luks[{i}].fallback_to_password", "there is no keyfile to fall back from",
                 "set key_file or key_file_device")
     # a device on /dev/mapper/X names a [[luks]] entry, unless another feature makes X
-    for key, ref in report.references:
+    # (not when a name is missing or bad: that problem is reported already)
+    for key, ref in report.references if all(lk.name for lk in volumes) else ():
         if volumes and ref.startswith("/dev/mapper/") and ref not in report.provided:
             mapped = ref.removeprefix("/dev/mapper/")
             close = difflib.get_close_matches(mapped, names, n=1)
@@ -194,11 +204,14 @@ def ask_once(volumes: tuple[Luks, ...]) -> tuple[Generated, ...]:
 
 def contribute(host: Host, ctx: Context) -> Contribution:
     secrets: list[HostFile] = []
-    for lk in LUKS.of(host):
+    for i, lk in enumerate(LUKS.of(host)):
         if lk.key_file:
-            secrets.append(HostFile(lk.key_file, target=key_path(lk), mode=0o400, secret=True))
+            secrets.append(HostFile(lk.key_file, target=key_path(lk), mode=0o400, secret=True,
+                                    setting=f"luks[{i}].key_file", max_size=KEY_LIMIT,
+                                    private=True))
         if lk.header:
-            secrets.append(HostFile(lk.header, target=header_path(lk), mode=0o400, secret=True))
+            secrets.append(HostFile(lk.header, target=header_path(lk), mode=0o400, secret=True,
+                                    setting=f"luks[{i}].header", max_size=HEADER_LIMIT))
     modules = tuple(Module(m) for m in MODULES)
     if ctx.flavor == "systemd":
         crypttab = "".join(crypttab_line(lk) + "\n" for lk in LUKS.of(host))

@@ -26,10 +26,10 @@ from .api import (
     Symlink,
     Table,
     User,
+    bounded,
     check_cidr,
     check_ipv4,
     check_mac,
-    check_positive,
     matching,
     setting,
 )
@@ -50,7 +50,7 @@ class Interface:
                                   example='"10.0.2.15/24"')
     gateway: str | None = setting("Default gateway.", None, check=check_ipv4)
     dns: tuple[str, ...] = setting("DNS servers.", factory=tuple, check=check_ipv4)
-    mtu: int | None = setting("MTU in bytes.", None, check=check_positive)
+    mtu: int | None = setting("MTU in bytes.", None, check=bounded(68, 65535))
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Network:
     flush_before_switch: bool = setting("Remove addresses before switching to the real root.",
                                         True)
     timeout: int = setting("Seconds to wait for the network when it is needed.", 30,
-                           check=check_positive)
+                           check=bounded(0, 86400, " s"))
     interfaces: tuple[Interface, ...] = setting("Interfaces to configure.", factory=tuple)
 
 

@@ -22,7 +22,7 @@ APPLETS_BIN = (
     "uname", "vi", "xargs", "[",
 )
 APPLETS_SBIN = (
-    "blockdev", "insmod", "lsmod", "mdev", "modinfo", "modprobe", "poweroff", "reboot",
+    "blockdev", "halt", "insmod", "lsmod", "mdev", "modinfo", "modprobe", "poweroff", "reboot",
     "rmmod", "switch_root",
 )
 

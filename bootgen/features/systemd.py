@@ -8,6 +8,7 @@ drop-ins for the emergency shell, the device timeout and journald forwarding.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .api import (
@@ -34,7 +35,9 @@ def check_unit_name(value: str) -> tuple[str, str] | None:
     ok = (len(parts) == 1 and value.endswith(units)) or (
         len(parts) == 2 and parts[0].endswith(tuple(u + ".d" for u in units))
         and parts[1].endswith(".conf"))
-    if not ok or any(c.isspace() or c in "\\\"'" for c in value):
+    # systemd's unit name characters (its \\ escapes are not needed for a name one types)
+    if not ok or not all(re.fullmatch(r"[A-Za-z0-9:_.@-]+", p) for p in parts) \
+            or any(p.startswith(".") for p in parts):
         return (f"'{value}' is not a unit or drop-in name",
                 "e.g. 'hello.service' or 'sysroot.mount.d/override.conf'")
     return None
@@ -46,7 +49,9 @@ class Systemd:
 
     units: tuple[tuple[str, str], ...] = setting(
         "Extra units or drop-ins: a table of file name (relative to /etc/systemd/system) to "
-        "its text.", factory=tuple, check=check_unit_name,
+        "its text. The text is free-form by design (it is yours: bootgen writes it as given, "
+        "and checks only that it holds no control characters but newlines and tabs).",
+        factory=tuple, check=check_unit_name, multiline=True,
         example='{ "hello.service" = "[Service]\\n..." }')
     wants: tuple[str, ...] = setting("Units pulled in by initrd.target.", factory=tuple,
                                      check=check_unit_name)
@@ -140,7 +145,13 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                   view={"access": host.rescue.access, "locked_hint": LOCKED_HINT}),
         Generated(f"{UNIT_DIR}/emergency.service.d/bootgen.conf",
                   template="units/emergency-bootgen.conf.j2",
-                  view={"access": host.rescue.access, "locked_hint": LOCKED_HINT}),
+                  view={"access": host.rescue.access, "locked_hint": LOCKED_HINT,
+                        "shell_on_fail": host.rescue.shell_on_fail}),
+        Generated("/usr/lib/bootgen/stop", template="units/bootgen-stop.sh.j2", mode=0o755),
+        Generated("/usr/lib/bootgen/init-check", template="units/bootgen-init-check.sh.j2",
+                  mode=0o755, view={"init": host.boot.init}),
+        Generated(f"{UNIT_DIR}/bootgen-init-check.service",
+                  template="units/bootgen-init-check.service.j2"),
         Generated(f"{UNIT_DIR}/debug-shell.service.d/bootgen.conf",
                   template="units/debug-shell.conf.j2"),
         Generated("/etc/systemd/system.conf.d/bootgen.conf", template="units/system.conf.j2",
@@ -148,7 +159,13 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         Generated("/etc/systemd/journald.conf.d/bootgen.conf", template="units/journald.conf.j2"),
         Generated("/etc/modules-load.d/bootgen.conf", template="units/modules-load.conf.j2"),
     ]
+    if host.boot.init != "/sbin/init":
+        generated.append(Generated(f"{UNIT_DIR}/initrd-switch-root.service.d/bootgen-init.conf",
+                                   template="units/switch-root-init.conf.j2",
+                                   view={"init": host.boot.init}))
     links = [Symlink("/init", "usr/lib/systemd/systemd"),
+             Symlink(f"{UNIT_DIR}/initrd-switch-root.service.requires/"
+                     "bootgen-init-check.service", "../bootgen-init-check.service"),
              Symlink("/usr/lib/systemd/systemd-udevd", "../../bin/udevadm"),
              Symlink("/etc/systemd/system/default.target", f"{UNIT_DIR}/initrd.target")]
     for target, units in WANTS.items():

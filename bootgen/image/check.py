@@ -8,13 +8,14 @@ interpreter and DT_NEEDED libraries are present in the image.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..archive import compress
-from ..archive.cpio import Member
+from ..archive.cpio import Member, member_path
 from ..errors import BuildError
 from . import elf
 
@@ -23,7 +24,12 @@ class ImageView:
     """Path lookups over the members of an image, following symlinks inside it."""
 
     def __init__(self, members: Iterable[Member]) -> None:
-        self.members = {"/" + m.name.lstrip("./"): m for m in members}
+        self.members: dict[str, Member] = {}
+        for m in members:
+            path = member_path(m.name)
+            if path is None:
+                raise BuildError(f"the image holds an entry named {m.name!r}, outside /")
+            self.members[path] = m
 
     def lookup(self, path: str, depth: int = 0) -> Member | None:
         if depth > 40:
@@ -68,12 +74,34 @@ class Checked:
     elf_files: int  # ELF files whose interpreter and libraries were found
 
 
-def check(data: bytes, *, init: str, required: Iterable[str] = ()) -> Checked:
-    """Raise BuildError if the image is incomplete; say what was checked."""
+DAMAGED_HINT = ("a damaged segment cache can cause this: build again with BOOTGEN_CACHE=off, "
+                "or remove ~/.cache/bootgen/segments")
+
+
+def check(data: bytes, *, init: str, required: Iterable[str] = (),
+          files: Mapping[str, str] | None = None,
+          links: Mapping[str, str] | None = None) -> Checked:
+    """Raise BuildError if the image is incomplete, or differs from what was meant to go in:
+    `files` maps each regular file's path to the sha256 pack recorded when it read it, `links`
+    each symlink to its target. Say what was checked."""
     members: list[Member] = []
     for segment in compress.read_image(data):
         members.extend(segment.members)
     view = ImageView(members)
+    for path, digest in sorted((files or {}).items()):
+        m = view.members.get(path)
+        if m is None or not stat.S_ISREG(m.mode):
+            raise BuildError(f"{path} is not a regular file in the image read back",
+                             hint=DAMAGED_HINT)
+        if hashlib.sha256(m.data).hexdigest() != digest:
+            raise BuildError(f"{path} in the image read back differs from the file packed "
+                             f"(sha256 {hashlib.sha256(m.data).hexdigest()[:16]}…, packed "
+                             f"{digest[:16]}…)", hint=DAMAGED_HINT)
+    for path, target in sorted((links or {}).items()):
+        m = view.members.get(path)
+        if m is None or not stat.S_ISLNK(m.mode) or m.data != target.encode():
+            raise BuildError(f"{path} in the image read back is not a link to {target}",
+                             hint=DAMAGED_HINT)
     _executable(view, "/init", "/init")
     _executable(view, init, "init program")
     for path in required:

@@ -344,6 +344,12 @@ def resolve(names: Sequence[str], kver: str, *, root: str = "/") -> ModuleClosur
     )
 
 
+def unknown(names: Sequence[str], kver: str, *, root: str = "/") -> list[BuildError]:
+    """One error for each name that is no module, alias or built-in of kernel `kver`."""
+    idx = _index(kver, root)
+    return [_unknown(name, kver, idx) for name in names if idx.lookup(name)[0] == "unknown"]
+
+
 def _unknown(name: str, kver: str, idx: _Index) -> BuildError:
     names = list(idx.by_name) + sorted(idx.builtin)
     close = difflib.get_close_matches(name.replace("-", "_"), names, n=1)

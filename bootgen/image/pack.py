@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..archive import compress, cpio
-from .spec import Entry, Image
+from ..paths import read_regular
+from .spec import HOST_LIMIT, Entry, Image
 
 _TYPE = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
          "char": stat.S_IFCHR, "block": stat.S_IFBLK}
@@ -36,6 +37,7 @@ MICROCODE = (
     ("kernel/x86/microcode/GenuineIntel.bin", "usr/lib/firmware/intel-ucode/*"),
     ("kernel/x86/microcode/AuthenticAMD.bin", "usr/lib/firmware/amd-ucode/microcode_amd*.bin"),
 )
+MICROCODE_LIMIT = 64 << 20
 LAYOUT = "layout"
 MODULES = "modules"
 
@@ -46,6 +48,8 @@ class SegmentCache(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
     def put(self, key: str, data: bytes) -> None: ...
+
+    def drop(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Packed:
     segments: tuple[PackedSegment, ...]
     secrets: bytes  # uncompressed secrets archive, or b""
     files: Mapping[str, PackedFile] = field(default_factory=dict)  # by image path
+    warnings: tuple[str, ...] = ()  # e.g. a damaged cache entry that was replaced
 
     @property
     def main(self) -> bytes:
@@ -107,10 +112,11 @@ def source_mtime() -> int:
 
 
 def read_source(entry: Entry) -> bytes:
-    """The content of an entry copied from the build host (`source` is a host path)."""
+    """The content of an entry copied from the build host (`source` is a host path): a regular
+    file of bounded size, checked again now (it may have changed since resolve looked)."""
     assert entry.source is not None
-    with open(entry.source, "rb") as f:
-        return f.read()
+    return read_regular(entry.source, limit=entry.max_size or HOST_LIMIT,
+                        location=f"{entry.source} ({entry.reason})")
 
 
 def to_member(entry: Entry, files: dict[str, PackedFile] | None = None) -> cpio.Member:
@@ -148,7 +154,8 @@ def microcode(root: str = "/") -> bytes:
     for name, pattern in MICROCODE:
         files = sorted(glob.glob(os.path.join(root, pattern)))
         if files:
-            blob = b"".join(open(f, "rb").read() for f in files if os.path.isfile(f))
+            blob = b"".join(read_regular(f, limit=MICROCODE_LIMIT) for f in files
+                            if os.path.isfile(f))
             members.append(cpio.Member(name, stat.S_IFREG | 0o644, blob))
     return cpio.write_newc(members, mtime=source_mtime()) if members else b""
 
@@ -178,13 +185,22 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
                              mtime=mtime))
             for name in order if name in groups]
 
+    warnings: list[str] = []
+
     def one(item: tuple[str, int, bytes]) -> PackedSegment:
         name, count, raw = item
         key = hashlib.sha256(f"{spec.compression}:{spec.compression_level}:".encode()
                              + raw).hexdigest()
         hit = cache.get(key) if cache is not None and name != LAYOUT else None
         if hit is not None:
-            return PackedSegment(name, count, len(raw), hit, True)
+            # a hit must unpack to exactly this archive, or it does not go into the image
+            bad = compress.matches(hit, spec.compression, raw)
+            if bad is None:
+                return PackedSegment(name, count, len(raw), hit, True)
+            assert cache is not None
+            cache.drop(key)
+            warnings.append(f"segment cache: the cached {name} segment ({key[:12]}…) was "
+                            f"damaged ({bad}); dropped it and compressed the segment again")
         if progress and len(raw) > 4 << 20:
             progress(f"compressing {name} ({len(raw) >> 20} MiB, {spec.compression}); "
                      "cached for later builds")
@@ -201,4 +217,5 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
         segments=segments,
         secrets=cpio.write_newc(secret, mtime=mtime) if secret else b"",
         files=files,
+        warnings=tuple(sorted(warnings)),
     )

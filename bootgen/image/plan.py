@@ -59,6 +59,7 @@ def plan(host: Host, *, flavor: str | None = None, kver: str,
         modules=tuple(parts["modules"]),
         users=users,
         groups=groups,
+        description=host.source,
     )
 
 

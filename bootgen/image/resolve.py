@@ -15,11 +15,12 @@ import stat
 import tempfile
 from collections.abc import Iterable
 
-from ..errors import BuildError
-from ..features.api import Generated, Program
+from ..errors import BootgenError, BuildError, UsageError, raise_all
+from ..features.api import Generated, HostFile, Program
+from ..paths import check_regular, read_regular
 from ..run import run
 from . import elf, hostfs, kmod
-from .spec import Entry, Image, ImageSpec
+from .spec import HOST_LIMIT, Entry, Image, ImageSpec
 
 Chain = tuple[str, ...]
 
@@ -102,18 +103,21 @@ def udev_helpers(spec: ImageSpec, root: str) -> list[Program]:
     return helpers
 
 
-def _programs(spec: ImageSpec, c: _Collector, root: str) -> None:
+def _programs(spec: ImageSpec, c: _Collector, root: str,
+              problems: list[BootgenError]) -> None:
     why: dict[str, tuple[str, Chain]] = {}  # path -> (feature, chain)
     roots: list[str] = []
     pending = list(spec.programs) + udev_helpers(spec, root)
+    missing = False
     while pending:
         prog = pending.pop(0)
         try:
             path = elf.find_program(prog.name, root)
-        except BuildError:
-            if prog.optional:
-                continue
-            raise
+        except BuildError as e:
+            if not prog.optional:
+                problems.append(e)
+                missing = True
+            continue
         if path in why:
             continue
         chain = (*prog.reason.split(" → "), path)
@@ -123,6 +127,8 @@ def _programs(spec: ImageSpec, c: _Collector, root: str) -> None:
         if interp:
             pending.append(Program(interp, reason=f"{' → '.join(chain)} (#!)",
                                    feature=prog.feature))
+    if missing:
+        return  # the libraries of what was found would only add noise to the report
     closure = elf.closure(roots, root=root, preload=[lib.name for lib in spec.libraries])
     for path in closure.roots:
         if path not in why:  # a dlopen'd library, resolved from a path or soname
@@ -137,29 +143,48 @@ def _programs(spec: ImageSpec, c: _Collector, root: str) -> None:
         c.add_host(dep.path, *why[dep.path], root)
 
 
-def _files(spec: ImageSpec, c: _Collector, root: str) -> None:
+def _files(spec: ImageSpec, c: _Collector, root: str, problems: list[BootgenError],
+           warnings: list[str]) -> None:
     for f in spec.files:
-        host_path = os.path.join(root, f.source.lstrip("/")) if root != "/" else f.source
-        if not os.path.lexists(host_path):
-            if f.optional:
-                continue
-            raise BuildError(f"file not found: {f.source} ({f.reason})",
-                             hint="install the package that provides it or fix the path")
-        if f.target is None or f.target == f.source:
-            if f.secret:
-                raise BuildError(f"secret {f.source} needs a target path")
-            c.add_host(f.source, f.feature, (f.reason,), root)
-            continue
-        st = os.stat(host_path)
-        if stat.S_ISDIR(st.st_mode):
-            raise BuildError(f"{f.source} is a directory; give files one by one", hint=f.reason)
-        mode = f.mode if f.mode is not None else stat.S_IMODE(st.st_mode)
-        if f.convert:
-            c.add(Entry(f.target, "file", mode, data=_convert(host_path, f.convert),
-                        feature=f.feature, chain=(f.reason,), secret=f.secret))
-            continue
-        c.add(Entry(f.target, "file", mode, source=os.path.realpath(host_path),
+        try:
+            _file(spec, f, c, root, warnings)
+        except BootgenError as e:
+            problems.append(e)
+
+
+def _file(spec: ImageSpec, f: HostFile, c: _Collector, root: str, warnings: list[str]) -> None:
+    host_path = os.path.join(root, f.source.lstrip("/")) if root != "/" else f.source
+    if f.setting:
+        # named by the description: a readable regular file of bounded size, or an error at
+        # its key (a FIFO would hang the build, /dev/zero would fill the memory)
+        where = f"{spec.description}: {f.setting}"
+        st = check_regular(host_path, limit=f.max_size or HOST_LIMIT, error=UsageError,
+                           location=where)
+        if f.private and st.st_mode & 0o077:
+            who = " and ".join(w for w, bits in (("its group", 0o070), ("others", 0o007))
+                               if st.st_mode & bits)
+            warnings.append(f"{where}: {f.source} is open to {who} on this host (mode "
+                            f"{stat.S_IMODE(st.st_mode):04o}); chmod 600 {f.source}")
+    elif not os.path.lexists(host_path):
+        if f.optional:
+            return
+        raise BuildError(f"file not found: {f.source} ({f.reason})",
+                         hint="install the package that provides it or fix the path")
+    if f.target is None or f.target == f.source:
+        if f.secret:
+            raise BuildError(f"secret {f.source} needs a target path")
+        c.add_host(f.source, f.feature, (f.reason,), root)
+        return
+    st = os.stat(host_path)
+    if stat.S_ISDIR(st.st_mode):
+        raise BuildError(f"{f.source} is a directory; give files one by one", hint=f.reason)
+    mode = f.mode if f.mode is not None else stat.S_IMODE(st.st_mode)
+    if f.convert:
+        c.add(Entry(f.target, "file", mode, data=_convert(host_path, f.convert),
                     feature=f.feature, chain=(f.reason,), secret=f.secret))
+        return
+    c.add(Entry(f.target, "file", mode, source=os.path.realpath(host_path),
+                feature=f.feature, chain=(f.reason,), secret=f.secret, max_size=f.max_size))
 
 
 def _convert(path: str, how: str) -> bytes:
@@ -173,23 +198,37 @@ def _convert(path: str, how: str) -> bytes:
             return fh.read()
 
 
-def _generated(g: Generated) -> bytes:
+def _generated(spec: ImageSpec, g: Generated) -> bytes:
     data = g.content or b""
+    where = f"{spec.description}: {g.include_setting}" if g.include_setting else ""
+    problems: list[BootgenError] = []
     for path in g.include:
         try:
-            with open(path, "rb") as fh:
-                extra = fh.read()
-        except OSError as e:
-            raise BuildError(f"cannot read {path}: {e.strerror} ({g.reason})") from None
+            extra = read_regular(path, limit=g.include_limit, error=UsageError,
+                                 location=where or g.reason)
+        except BootgenError as e:
+            problems.append(e)
+            continue
+        bad = g.include_check(extra) if g.include_check is not None else None
+        if bad is not None:
+            problems.append(UsageError(f"{path}: {bad[0]}", location=where or g.reason,
+                                       hint=bad[1]))
+            continue
         data += extra if extra.endswith(b"\n") or not extra else extra + b"\n"
+    raise_all(problems)
     return data
 
 
-def _modules(spec: ImageSpec, c: _Collector, root: str) -> tuple[list[str], list[str], list[str]]:
+def _modules(spec: ImageSpec, c: _Collector, root: str, problems: list[BootgenError]
+             ) -> tuple[list[str], list[str], list[str]]:
     requested: dict[str, tuple[str, str]] = {}  # module -> (feature, reason)
     for m in spec.modules:
         requested.setdefault(m.name.replace("-", "_"), (m.feature, m.reason))
     if not requested:
+        return [], [], []
+    unknown = kmod.unknown(list(requested), spec.kver, root=root)
+    if unknown:
+        problems.extend(unknown)
         return [], [], []
     closure = kmod.resolve(list(requested), spec.kver, root=root)
     base = f"/usr/lib/modules/{spec.kver}"
@@ -241,19 +280,29 @@ def _follow_parents(path: str, links: dict[str, str]) -> str:
 
 
 def resolve(spec: ImageSpec, rendered: Iterable[Generated], *, root: str = "/") -> Image:
+    """The image's entries. Every missing file, program and module is found before giving up:
+    one error per problem (Problems when there are several)."""
     c = _Collector()
+    problems: list[BootgenError] = []
+    notes: list[str] = []
     for d in spec.dirs:
         c.add(Entry(d.path, "dir", d.mode, feature=d.feature, chain=(d.reason,)))
     for n in spec.devnodes:
         c.add(Entry(n.path, "char" if n.kind == "c" else "block", n.mode,
                     rdev=(n.major, n.minor), feature=n.feature, chain=(n.reason,)))
-    _files(spec, c, root)
-    _programs(spec, c, root)
-    modules, builtin, warnings = _modules(spec, c, root)
+    _files(spec, c, root, problems, notes)
+    _programs(spec, c, root, problems)
+    modules, builtin, warnings = _modules(spec, c, root, problems)
     for g in rendered:
         assert g.content is not None
-        c.add(Entry(g.path, "file", g.mode, data=_generated(g), feature=g.feature,
+        try:
+            data = _generated(spec, g)
+        except BootgenError as e:
+            problems.append(e)
+            continue
+        c.add(Entry(g.path, "file", g.mode, data=data, feature=g.feature,
                     chain=(g.reason,), secret=g.secret))
+    raise_all(problems)
     for s in spec.symlinks:
         if not s.weak:
             c.add(Entry(s.path, "symlink", 0o777, target=s.target, feature=s.feature,
@@ -269,5 +318,5 @@ def resolve(spec: ImageSpec, rendered: Iterable[Generated], *, root: str = "/") 
         entries=tuple(entries[p] for p in sorted(entries)),
         modules=tuple(sorted(modules)),
         builtin_modules=tuple(sorted(builtin)),
-        warnings=tuple(warnings) + spec.notes,
+        warnings=tuple(notes) + tuple(warnings) + spec.notes,
     )

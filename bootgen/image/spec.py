@@ -48,9 +48,13 @@ class ImageSpec:
     users: tuple[User, ...] = ()
     groups: tuple[Group, ...] = ()
     notes: tuple[str, ...] = ()
+    description: str = ""  # the description's path, for messages about its settings
 
 
 # --- what comes out of resolve: concrete archive entries ------------------------------------
+
+HOST_LIMIT = 1 << 30  # the most pack reads of one host file (newc holds up to 4 GiB)
+
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Entry:
     feature: str = ""  # the feature that asked for it ("" for the module index and firmware)
     chain: tuple[str, ...] = ()  # why, step by step: ("systemd", "/usr/bin/udevadm", "libc.so.6")
     secret: bool = False
+    max_size: int | None = None  # bytes pack reads at most from `source` (default: HOST_LIMIT)
 
     @property
     def reason(self) -> str:

@@ -1,4 +1,11 @@
-"""Reading images: list any newc initrd (ours, dracut's, Debian's) and diff two of them."""
+"""Reading images: list any newc initrd (ours, dracut's, Debian's) and diff two of them.
+
+An image is read only when it is a regular file, and unpacks to BOOTGEN_MAX_UNPACKED bytes at
+most (default 2 GiB): a FIFO, /dev/zero or a compression bomb fail at once with one line. Names
+are shown as the kernel would place them ("./etc/x" is /etc/x); a name the kernel would not
+place below / (absolute, or with "..") is shown as it is, marked; control characters in names
+and link targets are escaped, never sent to the terminal.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +16,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..archive import compress
-from ..archive.cpio import Member
-from ..errors import UsageError
+from ..archive.cpio import Member, member_path
+from ..errors import BootgenError, UsageError, printable
+from ..paths import env_size, read_regular
+
+SUSPICIOUS = "   (!) outside /: unpacks elsewhere or not at all"
+
+
+def max_unpacked() -> int:
+    return env_size(compress.MAX_UNPACKED_ENV, compress.MAX_UNPACKED)
 
 
 def read(path: Path) -> list[compress.Segment]:
+    """The segments of an image file; UsageError naming the file when it cannot be read."""
+    limit = max_unpacked()
+    data = read_regular(path, limit=limit, error=UsageError)
+    if not data:
+        raise UsageError("empty file, not an initrd", location=str(path))
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError("no such file", location=str(path)) from None
-    except OSError as e:
-        raise UsageError(f"cannot read: {e.strerror}", location=str(path)) from None
-    return compress.read_image(data)
+        return compress.read_image(data, limit)
+    except BootgenError as e:
+        where = f"{e.location}" if e.location and e.location != "initrd" else ""
+        raise UsageError(f"{where + ': ' if where else ''}{e.message}", location=str(path),
+                         hint=e.hint) from None
 
 
 def mode_string(mode: int) -> str:
     return stat.filemode(mode)
+
+
+def shown(name: str) -> str:
+    """How a member's name is printed: its path in /, or the raw name marked as suspicious."""
+    path = member_path(name)
+    return printable(path) if path is not None else printable(name) + SUSPICIOUS
 
 
 def ls_lines(segments: list[compress.Segment]) -> list[str]:
@@ -38,10 +62,14 @@ def ls_lines(segments: list[compress.Segment]) -> list[str]:
     return lines
 
 
+def _target(m: Member) -> str:
+    return printable(m.data.decode("utf-8", "surrogateescape"))
+
+
 def _line(m: Member) -> str:
-    name = "/" + m.name.lstrip("./") if m.name not in (".", "") else "/"
+    name = shown(m.name)
     if stat.S_ISLNK(m.mode):
-        return f"{mode_string(m.mode)} {0:>9} {name} -> {m.data.decode(errors='replace')}"
+        return f"{mode_string(m.mode)} {0:>9} {name} -> {_target(m)}"
     if stat.S_ISCHR(m.mode) or stat.S_ISBLK(m.mode):
         return f"{mode_string(m.mode)} {m.rdev[0]:>5},{m.rdev[1]:<3} {name}"
     return f"{mode_string(m.mode)} {len(m.data):>9} {name}"
@@ -59,9 +87,9 @@ def _items(segments: list[compress.Segment]) -> dict[str, Item]:
     out = {}
     for seg in segments:
         for m in seg.members:
-            name = "/" + m.name.lstrip("./")
-            target = m.data.decode(errors="replace") if stat.S_ISLNK(m.mode) else ""
-            out[name] = Item(m.mode, len(m.data), hashlib.sha256(m.data).hexdigest(), target)
+            target = _target(m) if stat.S_ISLNK(m.mode) else ""
+            out[shown(m.name)] = Item(m.mode, len(m.data), hashlib.sha256(m.data).hexdigest(),
+                                      target)
     return out
 
 
@@ -70,9 +98,9 @@ def manifest_for(image: Path) -> dict[str, str]:
     for cand in (image.with_name(image.name + ".json"), image.with_suffix(".json")):
         if cand.is_file():
             try:
-                data = json.loads(cand.read_text())
+                data = json.loads(read_regular(cand, limit=256 << 20))
                 return {e["path"]: e.get("reason", "") for e in data.get("entries", [])}
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError, BootgenError):
                 return {}
     return {}
 
@@ -80,15 +108,19 @@ def manifest_for(image: Path) -> dict[str, str]:
 def diff_lines(a: Path, b: Path) -> list[str]:
     ia, ib = _items(read(a)), _items(read(b))
     why_a, why_b = manifest_for(a), manifest_for(b)
+
+    def why(reasons: dict[str, str], path: str) -> str:
+        return f"   [{printable(str(reasons[path]))}]" if path in reasons else ""
+
     lines = []
     for path in sorted(set(ia) | set(ib)):
         x, y = ia.get(path), ib.get(path)
         if x == y:
             continue
         if y is None:
-            lines.append(f"- {path}" + (f"   [{why_a[path]}]" if path in why_a else ""))
+            lines.append(f"- {path}" + why(why_a, path))
         elif x is None:
-            lines.append(f"+ {path}" + (f"   [{why_b[path]}]" if path in why_b else ""))
+            lines.append(f"+ {path}" + why(why_b, path))
         else:
             what = []
             if x.mode != y.mode:

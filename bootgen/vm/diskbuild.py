@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import Host
-from ..errors import BuildError
-from ..features.luks import Luks
-from ..paths import locked
+from ..errors import BuildError, UsageError
+from ..features.luks import KEY_LIMIT, Luks
+from ..paths import locked, read_regular
 from ..run import run, which
 from . import luksdisk
 from .disks import (
@@ -153,14 +153,11 @@ def _luks_inputs(host: Host) -> str:
     """What the LUKS containers depend on beyond the plan: the keyfiles' parameters and the
     host keyfiles' contents (hashed: the cache key must change when a keyfile does)."""
     out = []
-    for lk in host.luks:
+    for i, lk in enumerate(host.luks):
         digest = None
         if lk.key_file:
-            try:
-                data = Path(lk.key_file).read_bytes()
-            except OSError as e:
-                raise BuildError(f"[[luks]] '{lk.name}': cannot read key_file {lk.key_file}: "
-                                 f"{e.strerror}") from e
+            data = read_regular(lk.key_file, limit=KEY_LIMIT, error=UsageError,
+                                location=f"{host.source}: luks[{i}].key_file")
             luksdisk.check_keyfile(data, [_extra_key(lk, Path(lk.key_file))],
                                    f"[[luks]] '{lk.name}'")
             digest = hashlib.sha256(b"bootgen-luks-key-file\0" + data).hexdigest()
