@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import traceback
 from pathlib import Path
@@ -56,25 +57,33 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
 
 @main.command()
 @click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the image.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the image (the UKI with boot.output = \"uki\").")
 @flavor_option
 @kver_option
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the bill of materials (JSON) here.")
 @click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write secrets as a separate archive instead of appending them.")
-def build(host: Path, output: Path, flavor: str | None, kver: str | None,
-          manifest_path: Path | None, secrets_out: Path | None) -> None:
-    """Build the initrd for HOST (a .toml description)."""
+@click.option("--uki", "uki_output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a unified kernel image (EFI binary, settings in [uki]).")
+def build(host: Path, output: Path | None, flavor: str | None, kver: str | None,
+          manifest_path: Path | None, secrets_out: Path | None, uki_output: Path | None
+          ) -> None:
+    """Build the initrd (or unified kernel image) for HOST (a .toml description)."""
+    from .errors import UsageError
     from .image.build import build as do_build
 
+    if output is None and uki_output is None:
+        raise UsageError("nothing to write", hint="give -o IMAGE and/or --uki OUT.efi")
     desc = description.load(host)
     r = do_build(desc, output=output, flavor=flavor, kver=kver, manifest_path=manifest_path,
-                 secrets_out=secrets_out, progress=_progress)
+                 secrets_out=secrets_out, uki_output=uki_output, progress=_progress)
     spec = r.image.spec
     files = sum(1 for e in r.image.entries if e.kind == "file")
-    click.echo(f"built {output}  ({spec.flavor} stage one, kernel {spec.kver})")
+    initrd_out = output if desc.boot.output == "initrd" else None
+    uki_out = uki_output or (output if desc.boot.output == "uki" else None)
+    click.echo(f"built {initrd_out or uki_out}  ({spec.flavor} stage one, kernel {spec.kver})")
     click.echo(f"  entries   {r.checked.members} ({files} files, {len(r.image.modules)} kernel "
                f"modules, {r.checked.elf_files} ELF files checked)")
     click.echo(f"  size      {_mb(r.packed.raw_size)} raw, {_mb(len(r.packed.main))} "
@@ -85,7 +94,15 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
     segs = ", ".join(f"{s.name} {_mb(len(s.data))}{' (cached)' if s.cached else ''}"
                      for s in r.packed.segments)
     click.echo(f"  segments  {segs}")
-    click.echo(f"  sha256    {r.sha256}")
+    click.echo(f"  sha256    {r.sha256}" + ("" if initrd_out else " (the initrd)"))
+    if r.uki is not None:
+        from .image import uki
+
+        parts = uki.read(r.uki)
+        click.echo(f"  uki       {uki_out}: {_mb(len(r.uki))}, "
+                   f"{'signed' if parts.signed else 'unsigned'}, "
+                   f"pcr11 {uki.pcr11(parts.payloads)[:16]}…, "
+                   f"sha256 {hashlib.sha256(r.uki).hexdigest()}")
     click.echo(f"  time      {r.seconds:.2f} s")
     for w in r.image.warnings:
         click.echo(f"warning: {w}", err=True)
@@ -126,8 +143,9 @@ def show(host: Path, flavor: str | None, kver: str | None) -> None:
 @main.command(name="ls")
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 def ls_cmd(image: Path) -> None:
-    """List the contents of any newc initrd, segment by segment."""
-    for line in inspect.ls_lines(inspect.read(image)):
+    """List the contents of any newc initrd, segment by segment, or of a unified kernel
+    image (its sections, then the initrd inside)."""
+    for line in inspect.ls_any(image):
         click.echo(line)
 
 

@@ -19,6 +19,7 @@ from ..archive.compress import DEFAULT_LEVELS, LEVEL_RANGES, METHODS
 from .settings import check_abs_path, check_device, check_positive, setting
 
 FLAVORS = ("systemd", "scripted")
+OUTPUTS = ("initrd", "uki")
 FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "f2fs", "squashfs", "tmpfs")
 LOCKED_HINT = ("rescue shell is locked: set rescue.root_password_hash or "
                "rescue.allow_passwordless = true in the host description")
@@ -52,6 +53,9 @@ class Boot:
         check=check_positive)
     init: str = setting("Program exec'd in the real root (`init=` overrides).", "/sbin/init",
                         check=check_abs_path)
+    output: str = setting(
+        "What `bootgen build -o` writes: the initrd, or a unified kernel image (settings in "
+        "[uki]; `bootgen build --uki` writes one either way).", "initrd", choices=OUTPUTS)
 
 
 @dataclass(frozen=True)

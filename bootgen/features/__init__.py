@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.schema import Section
-from . import base, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev
+from . import base, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev, uki
 from .api import Feature
 
 FEATURES: tuple[Feature, ...] = (
@@ -24,6 +24,7 @@ FEATURES: tuple[Feature, ...] = (
     fsck.FEATURE,
     rescue.FEATURE,
     extra.FEATURE,
+    uki.FEATURE,
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

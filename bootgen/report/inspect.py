@@ -1,4 +1,5 @@
-"""Reading images: list any newc initrd (ours, dracut's, Debian's) and diff two of them."""
+"""Reading images: list any newc initrd (ours, dracut's, Debian's) or unified kernel image
+(its sections, then the initrd inside), and diff two of them."""
 
 from __future__ import annotations
 
@@ -10,17 +11,66 @@ from pathlib import Path
 
 from ..archive import compress
 from ..archive.cpio import Member
-from ..errors import UsageError
+from ..errors import BootgenError, UsageError
+from ..image import uki
 
 
-def read(path: Path) -> list[compress.Segment]:
+def _bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise UsageError("no such file", location=str(path)) from None
     except OSError as e:
         raise UsageError(f"cannot read: {e.strerror}", location=str(path)) from None
+
+
+def _uki(data: bytes, path: Path) -> uki.Uki:
+    try:
+        return uki.read(data, str(path))
+    except BootgenError as e:
+        raise UsageError(e.message, location=str(path)) from None
+
+
+def read(path: Path) -> list[compress.Segment]:
+    """The segments of an initrd, or of the initrd inside a unified kernel image."""
+    data = _bytes(path)
+    if uki.is_pe(data):
+        parts = _uki(data, path)
+        if ".initrd" not in parts.payloads:
+            raise UsageError("this EFI image has no .initrd section", location=str(path))
+        data = parts.payloads[".initrd"]
     return compress.read_image(data)
+
+
+def uki_lines(parts: uki.Uki) -> list[str]:
+    """What a UKI holds: its sections, the text ones shown, signature and PCR 11."""
+    pe = parts.pe
+    lines = [f"== unified kernel image: {len(pe.sections)} sections, "
+             + (f"signed ({pe.security[1]} bytes of signatures)" if pe.signed else "unsigned")]
+    for s in pe.sections:
+        lines.append(f"  {s.name:<9} {s.virtual_size:>10} bytes at 0x{s.virtual_address:08x}")
+    for name, label in ((".uname", "uname"), (".cmdline", "cmdline")):
+        if name in parts.payloads:
+            lines.append(f"  {label:<9} {parts.text(name)}")
+    osrel = dict(line.split("=", 1) for line in parts.text(".osrel").splitlines()
+                 if "=" in line)
+    if osrel:
+        name = osrel.get("PRETTY_NAME", osrel.get("NAME", "?")).strip('"')
+        lines.append(f"  {'os':<9} {name}")
+    lines.append(f"  {'pcr11':<9} sha256 {uki.pcr11(parts.payloads)} (systemd-stub 252)")
+    return lines
+
+
+def ls_any(path: Path) -> list[str]:
+    """`bootgen ls`: an initrd's segments, or a UKI's sections and then its initrd."""
+    data = _bytes(path)
+    if not uki.is_pe(data):
+        return ls_lines(compress.read_image(data))
+    parts = _uki(data, path)
+    lines = uki_lines(parts)
+    if ".initrd" in parts.payloads:
+        lines += ls_lines(compress.read_image(parts.payloads[".initrd"]))
+    return lines
 
 
 def mode_string(mode: int) -> str:
