@@ -189,9 +189,12 @@ def _stage_table(r: Any) -> str:
               help="Flavour to boot; 'both' runs the two side by side (default: boot.flavor).")
 @kver_option
 @_boot_options
+@click.option("--uki", "as_uki", is_flag=True,
+              help="Boot a unified kernel image under UEFI (OVMF) from an ESP, Secure Boot "
+              "enforced when [uki] signs (default with boot.output = \"uki\").")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
-           append: tuple[str, ...], workdir: Path | None, as_json: bool) -> None:
+           append: tuple[str, ...], workdir: Path | None, as_uki: bool, as_json: bool) -> None:
     """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST."""
     import json
 
@@ -200,8 +203,9 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     desc = description.load(host)
     flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
     params = [p for a in append for p in a.split()]
+    uki = v.UkiBoot() if as_uki or desc.boot.output == "uki" else None
     results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver, append=params,
-                       progress=None if as_json else _progress)
+                       progress=None if as_json else _progress, uki=uki)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=1))
     else:

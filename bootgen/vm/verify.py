@@ -19,10 +19,12 @@ from pathlib import Path
 
 from .. import paths
 from ..config.schema import Host
-from ..errors import BootError, BootgenError
+from ..errors import BootError, BootgenError, UsageError
+from ..features.uki import UKI, key_path
+from ..image import uki as uki_image
 from ..image.build import BuildResult, build, kernel_version
 from ..progress import Progress
-from . import disks, qemu, timeline
+from . import disks, firmware, qemu, timeline
 from .diskbuild import build_disks
 from .luksdisk import TEST_PASSPHRASE
 
@@ -31,7 +33,9 @@ RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+
                     r"mounts=(\S+) verdict=(PASS|FAIL) net=(\S+)[ \t]*\n")  # whole lines only
 # Lines that mean stage one gave up: stop waiting for the full timeout.
 FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
-          r"You are in emergency mode.*", r"Cannot open access to console.*")
+          r"You are in emergency mode.*", r"Cannot open access to console.*",
+          *firmware.REFUSED)
+REFUSED = re.compile("|".join(firmware.REFUSED))
 BREAK = r"bootgen: break at (\S+)"
 # Passphrase prompts of both flavours (the scripted init; systemd-tty-ask-password-agent).
 PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for disk[^\n]*")
@@ -78,6 +82,55 @@ def expected_init(host: Host, append: Sequence[str]) -> str:
 
 def kernel_params(host: Host, token: str, append: Sequence[str]) -> str:
     return qemu.boot_append([*host.boot.kernel_params, *append, f"bootgen.token={token}"])
+
+
+@dataclass(frozen=True)
+class UkiBoot:
+    """Boot a unified kernel image under OVMF from an ESP instead of -kernel/-initrd.
+
+    Secure Boot is enforced when the description signs ([uki] sign_key/sign_cert): the
+    variable store trusts the description's certificate (PK, KEK and db). `sign=False` leaves
+    the UKI unsigned and `tamper=True` flips a byte of its .initrd after signing: both must be
+    refused by the firmware."""
+
+    sign: bool = True
+    tamper: bool = False
+
+
+def uki_params(host: Host, token: str, append: Sequence[str]) -> list[str]:
+    """The embedded command line of a test UKI: [uki] cmdline, the test parameters."""
+    params = [*UKI.of(host).cmdline, *host.boot.kernel_params, *append, f"bootgen.token={token}"]
+    return qemu.boot_append(list(dict.fromkeys(params))).split(" ")
+
+
+def uki_machine(host: Host, prep: Prepared, workdir: Path, token: str, append: Sequence[str],
+                how: UkiBoot) -> tuple[qemu.Firmware, qemu.Drive]:
+    """Build the UKI (signed as the description says, unless `how` says otherwise), its ESP
+    and the firmware for one boot."""
+    if prep.build is None:
+        raise UsageError("a UKI boot needs an image bootgen built")
+    u = UKI.of(host)
+    signing = u.sign_key is not None and u.sign_cert is not None
+    made = host if how.sign or not signing else host.with_section(
+        "uki", dataclasses.replace(u, sign_key=None, sign_cert=None))
+    efi = uki_image.make(made, prep.build.packed.data, prep.build.image.spec.kver,
+                         cmdline=uki_params(host, token, append))
+    if how.tamper:
+        payload = uki_image.parse(efi).sections
+        initrd = next(s for s in payload if s.name == ".initrd")
+        data = bytearray(efi)
+        data[initrd.raw_pointer + initrd.virtual_size // 2] ^= 0x01
+        efi = bytes(data)
+    esp = firmware.esp_image(workdir / f"{prep.flavor}-esp.img", efi)
+    if signing:
+        assert u.sign_cert is not None
+        fw = firmware.ovmf(secure=True)
+        store = firmware.secure_vars(key_path(host, u.sign_cert))
+    else:
+        fw = firmware.ovmf(secure=False)
+        store = fw.vars_template
+    return (firmware.machine_firmware(fw, store, workdir, prep.flavor),
+            qemu.Drive(str(esp), interface="ide", snapshot=True))
 
 
 def qemu_config(host: Host, prep: Prepared, append: str,
@@ -129,12 +182,17 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
 
 def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
          timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
-         passphrases: Sequence[str] = (TEST_PASSPHRASE,)) -> BootResult:
+         passphrases: Sequence[str] = (TEST_PASSPHRASE,), uki: UkiBoot | None = None
+         ) -> BootResult:
     """Boot a prepared image once and judge the test root's verdict. Passphrase prompts are
     answered with `passphrases` in order (the last one repeats): the test disks' LUKS volumes
-    open with TEST_PASSPHRASE."""
+    open with TEST_PASSPHRASE. With `uki`, OVMF boots a unified kernel image from an ESP."""
     token = secrets.token_hex(8)
     cfg = qemu_config(host, prep, kernel_params(host, token, append))
+    if uki is not None:
+        fw, esp = uki_machine(host, prep, workdir, token, append, uki)
+        cfg = dataclasses.replace(cfg, kernel=None, initrd=None, append="", firmware=fw,
+                                  machine="q35", drives=(*cfg.drives, esp))
     log = workdir / f"{prep.flavor}.log"
     if progress:
         progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
@@ -152,7 +210,9 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
             machine.send_console(passphrases[min(prompts, len(passphrases) - 1)] + "\n")
             prompts += 1
         found = RESULT.search(m.group(0))
-        if found is None:
+        if found is None and REFUSED.fullmatch(m.group(0)):
+            reason = f"the firmware refused the image: {m.group(0).strip()}"
+        elif found is None:
             reason = f"stage one failed: {m.group(0).strip()}"
         else:
             keys = ("token", "disk", "init", "root", "mounts", "verdict", "net")
@@ -187,8 +247,8 @@ def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: s
 
 def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
            kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
-           cache_dir: Path | None = None, progress: Progress | None = None
-           ) -> list[BootResult]:
+           cache_dir: Path | None = None, progress: Progress | None = None,
+           uki: UkiBoot | None = None) -> list[BootResult]:
     """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
     work = workdir or default_workdir(host)
     if progress:
@@ -198,7 +258,7 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
     results: list[BootResult | None] = [None] * len(prepared)
 
     def run(i: int) -> None:
-        results[i] = boot(host, prepared[i], work, append=append, progress=progress)
+        results[i] = boot(host, prepared[i], work, append=append, progress=progress, uki=uki)
 
     in_parallel([functools.partial(run, i) for i in range(len(prepared))])
     return [r for r in results if r is not None]
