@@ -211,8 +211,10 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     else:
         for r in results:
             state = "PASS" if r.passed else "FAIL"
-            click.echo(f"{state}  {r.flavor:<8} image {_mb(r.image_size)} built in "
-                       f"{r.build_seconds:.2f}s; booted in {r.wall_seconds:.1f}s host time")
+            click.echo(f"{state}  {r.flavor:<8} " + (f"[{r.variant}] " if r.variant else "")
+                       + f"image {_mb(r.image_size)} built in {r.build_seconds:.2f}s; booted "
+                       f"in {r.wall_seconds:.1f}s host time"
+                       + (f", {r.prompts} passphrase prompt(s)" if r.prompts else ""))
             if r.stages:
                 click.echo(f"      guest uptime: {_stage_table(r)}")
             if not r.passed:

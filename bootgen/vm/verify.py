@@ -24,7 +24,7 @@ from ..features.uki import UKI, key_path
 from ..image import uki as uki_image
 from ..image.build import BuildResult, build, kernel_version
 from ..progress import Progress
-from . import disks, firmware, qemu, timeline
+from . import disks, firmware, qemu, timeline, tpm
 from .diskbuild import build_disks
 from .luksdisk import TEST_PASSPHRASE
 
@@ -39,6 +39,11 @@ REFUSED = re.compile("|".join(firmware.REFUSED))
 BREAK = r"bootgen: break at (\S+)"
 # Passphrase prompts of both flavours (the scripted init; systemd-tty-ask-password-agent).
 PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for disk[^\n]*")
+PIN_PROMPT = re.compile(r"enter the TPM2 PIN for \S+|Please enter TPM2 PIN:")
+# How a boot of a description with TPM2 volumes goes: the TPM unlocks them without a prompt;
+# enrolled against other PCR values, the TPM refuses and the passphrase is asked; no TPM at
+# all, the passphrase is asked after a bounded wait.
+TPM_MODES = ("unlock", "changed", "absent")
 
 
 
@@ -56,6 +61,7 @@ class BootResult:
     result: dict[str, str] = field(default_factory=dict)  # fields of the BOOTGEN-RESULT line
     tail: tuple[str, ...] = ()  # last console lines, for failures
     prompts: int = 0  # passphrase prompts answered on the console
+    variant: str = ""  # what this boot proves besides booting: "TPM unlock", "UKI", ...
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -64,7 +70,7 @@ class BootResult:
             "build_seconds": round(self.build_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "stages": {s: {"guest": m.guest, "host": m.host} for s, m in self.stages.items()},
-            "result": self.result, "prompts": self.prompts,
+            "result": self.result, "prompts": self.prompts, "variant": self.variant,
         }
 
 
@@ -156,6 +162,7 @@ class Prepared:
     testroot: disks.TestRoot
     kernel: str
     build: BuildResult | None = None  # None for an image bootgen did not build
+    tpm: tpm.Enrolled | None = None  # test volumes enrolled in an emulated TPM
 
 
 def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None,
@@ -177,34 +184,81 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
               manifest_path=workdir / f"{flavor}.json")
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
     kernel = qemu.readable_kernel(kernel) if kernel else qemu.default_kernel(version)
-    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r)
+    enrolled = None
+    if any(lk.tpm2 for lk in host.luks):
+        enrolled = tpm.enroll(host, built, version, kernel, progress=progress,
+                              cache=cache_dir / "tpm" if cache_dir else None)
+    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r,
+                    enrolled)
 
 
 def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
          timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
-         passphrases: Sequence[str] = (TEST_PASSPHRASE,), uki: UkiBoot | None = None
-         ) -> BootResult:
+         passphrases: Sequence[str] = (TEST_PASSPHRASE,), uki: UkiBoot | None = None,
+         tpm_mode: str = "unlock") -> BootResult:
     """Boot a prepared image once and judge the test root's verdict. Passphrase prompts are
     answered with `passphrases` in order (the last one repeats): the test disks' LUKS volumes
-    open with TEST_PASSPHRASE. With `uki`, OVMF boots a unified kernel image from an ESP."""
+    open with TEST_PASSPHRASE. With `uki`, OVMF boots a unified kernel image from an ESP.
+    With TPM2 volumes (`prep.tpm`), `tpm_mode` is one of TPM_MODES: "unlock" must pass
+    without a prompt, "changed" and "absent" only after the passphrase was asked."""
+    if tpm_mode not in TPM_MODES:
+        raise UsageError(f"unknown TPM mode {tpm_mode!r}", hint=", ".join(TPM_MODES))
     token = secrets.token_hex(8)
     cfg = qemu_config(host, prep, kernel_params(host, token, append))
-    if uki is not None:
-        fw, esp = uki_machine(host, prep, workdir, token, append, uki)
-        cfg = dataclasses.replace(cfg, kernel=None, initrd=None, append="", firmware=fw,
-                                  machine="q35", drives=(*cfg.drives, esp))
-    log = workdir / f"{prep.flavor}.log"
+    variant = "UKI" if uki is not None else ""
+    emulated: tpm.Swtpm | None = None
+    name = prep.flavor
+    if prep.tpm is not None:
+        variant = {"unlock": "TPM unlock", "changed": "TPM refuses: other PCR values",
+                   "absent": "no TPM"}[tpm_mode] + (", UKI" if uki is not None else "")
+        name = f"{prep.flavor}-tpm-{tpm_mode}"
+        drives = prep.tpm.changed if tpm_mode == "changed" else prep.tpm.good
+        if drives is None:
+            raise UsageError("the TPM2 volumes are bound to no PCR: no PCR value can change",
+                             hint="set tpm2_pcrs")
+        cfg = dataclasses.replace(cfg, drives=drives)
+        if tpm_mode != "absent":
+            emulated = tpm.Swtpm(prep.tpm.state, workdir / f"{name}-swtpm.log").start()
+            cfg = dataclasses.replace(cfg, tpm_socket=emulated.socket)
+    try:
+        if uki is not None:
+            fw, esp = uki_machine(host, prep, workdir, token, append, uki)
+            cfg = dataclasses.replace(cfg, kernel=None, initrd=None, append="", firmware=fw,
+                                      machine="q35", drives=(*cfg.drives, esp))
+        result = _boot(host, prep, cfg, workdir / f"{name}.log", token, append, timeout,
+                       progress, passphrases)
+    finally:
+        if emulated is not None:
+            emulated.stop()
+    result = dataclasses.replace(result, variant=variant)
+    if prep.tpm is not None and result.passed:
+        if tpm_mode == "unlock" and result.prompts:
+            return dataclasses.replace(result, passed=False, reason="the TPM did not unlock "
+                                       "the volume: stage one asked for the passphrase")
+        if tpm_mode != "unlock" and not result.prompts:
+            return dataclasses.replace(result, passed=False, reason="no passphrase was asked, "
+                                       "although the TPM cannot unlock the volume")
+    return result
+
+
+def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: str,
+          append: Sequence[str], timeout: float, progress: Progress | None,
+          passphrases: Sequence[str]) -> BootResult:
     if progress:
         progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
     reason = ""
     result: dict[str, str] = {}
-    prompts = 0
+    prompts = pins = 0
     machine = qemu.Machine(cfg, log_path=log, name=f"{prep.flavor} boot")
     try:
         machine.start()
-        waiting = "|".join([RESULT.pattern, *FAILED, PROMPT.pattern])
+        waiting = "|".join([RESULT.pattern, *FAILED, PROMPT.pattern, PIN_PROMPT.pattern])
         while True:
             m = machine.wait_for_console_text(waiting, timeout)
+            if PIN_PROMPT.fullmatch(m.group(0)) and pins < 5:
+                machine.send_console(tpm.TEST_PIN + "\n")
+                pins += 1
+                continue
             if not PROMPT.fullmatch(m.group(0)) or prompts >= 10:
                 break
             machine.send_console(passphrases[min(prompts, len(passphrases) - 1)] + "\n")
@@ -260,6 +314,20 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
     def run(i: int) -> None:
         results[i] = boot(host, prepared[i], work, append=append, progress=progress, uki=uki)
 
+    def run_modes(i: int) -> list[BootResult]:
+        enrolled = prepared[i].tpm
+        modes = ["unlock"] + (["changed"] if enrolled and enrolled.changed else [])
+        return [boot(host, prepared[i], work, append=append, progress=progress, uki=uki,
+                     tpm_mode=mode) for mode in modes]
+
+    if any(p.tpm is not None for p in prepared):
+        by_flavor: list[list[BootResult]] = [[] for _ in prepared]
+
+        def run_tpm(i: int) -> None:
+            by_flavor[i] = run_modes(i)
+
+        in_parallel([functools.partial(run_tpm, i) for i in range(len(prepared))])
+        return [r for rs in by_flavor for r in rs]
     in_parallel([functools.partial(run, i) for i in range(len(prepared))])
     return [r for r in results if r is not None]
 
