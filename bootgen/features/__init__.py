@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.schema import Section
-from . import base, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev, uki
+from . import base, console, extra, fsck, luks, network, rescue, scripted, ssh, systemd, udev, uki
 from .api import Feature
 
 FEATURES: tuple[Feature, ...] = (
@@ -18,6 +18,7 @@ FEATURES: tuple[Feature, ...] = (
     scripted.FEATURE,
     systemd.FEATURE,
     udev.FEATURE,
+    console.FEATURE,
     luks.FEATURE,
     network.FEATURE,
     ssh.FEATURE,

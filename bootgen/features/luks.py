@@ -258,7 +258,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         files=tuple(secrets),
         hooks=(Hook("pre-mount", "scripts-legacy/luks.sh.j2",
                     view={"devices": [luks_view(lk) for lk in LUKS.of(host)], "tpm2": tpm,
-                          "token_timeout": TOKEN_TIMEOUT}),),
+                          "token_timeout": TOKEN_TIMEOUT,
+                          "all_consoles": "console" in ctx.features}),),
         modules=modules,
     )
 

@@ -9,6 +9,7 @@ to it (feature, program, library).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import re
 import stat
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from ..errors import BuildError
 from ..features.api import Generated, Program
 from ..run import run
-from . import elf, hostfs, kmod
+from . import elf, hostfs, keymap, kmod
 from .spec import Entry, Image, ImageSpec
 
 Chain = tuple[str, ...]
@@ -164,6 +165,15 @@ def _files(spec: ImageSpec, c: _Collector, root: str) -> None:
 
 def _convert(path: str, how: str) -> bytes:
     """Transform a host file while reading it (a scratch file in a private temp dir)."""
+    if how == "gunzip":
+        try:
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        except (OSError, EOFError) as e:
+            raise BuildError(f"cannot unpack {path}: {e}") from None
+    if how == "keymap" or how.startswith("keymap:"):  # an XKB symbols file → binary keymap
+        variant = how.partition(":")[2] or None
+        return keymap.compile_keymap(os.path.basename(path), variant)
     if how != "dropbear-key":
         raise ValueError(f"unknown conversion {how!r}")
     with tempfile.TemporaryDirectory(prefix="bootgen-key-") as tmp:

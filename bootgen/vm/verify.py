@@ -12,7 +12,10 @@ import functools
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,10 @@ from pathlib import Path
 from .. import paths
 from ..config.schema import Host
 from ..errors import BootError, BootgenError, UsageError
+from ..features.console import CONSOLE
+from ..features.console import KEYMAP as KEYMAP_PATH
 from ..features.uki import UKI, key_path
+from ..image import keymap
 from ..image import uki as uki_image
 from ..image.build import BuildResult, build, kernel_version
 from ..progress import Progress
@@ -44,6 +50,7 @@ PIN_PROMPT = re.compile(r"enter the TPM2 PIN for \S+|Please enter TPM2 PIN:")
 # enrolled against other PCR values, the TPM refuses and the passphrase is asked; no TPM at
 # all, the passphrase is asked after a bounded wait.
 TPM_MODES = ("unlock", "changed", "absent")
+TYPING_DELAY = 1.5  # seconds between a prompt on the serial line and typing on the VT
 
 
 
@@ -87,7 +94,20 @@ def expected_init(host: Host, append: Sequence[str]) -> str:
 
 
 def kernel_params(host: Host, token: str, append: Sequence[str]) -> str:
-    return qemu.boot_append([*host.boot.kernel_params, *append, f"bootgen.token={token}"])
+    params = [*host.boot.kernel_params, *append, f"bootgen.token={token}"]
+    if CONSOLE.of(host).keymap and not any(p.startswith("console=tty") and
+                                           not p.startswith("console=ttyS") for p in params):
+        params.insert(0, "console=tty1")  # a VT to type on: the keymap applies there only
+    return qemu.boot_append(params)
+
+
+def typing_keymap(prep: Prepared) -> bytes | None:
+    """The binary keymap of the image under test when it loads one: passphrases are then typed
+    as key presses on the VT, through that keymap (None: typed on the serial console)."""
+    if prep.build is None:
+        return None
+    entry = next((e for e in prep.build.image.entries if e.path == KEYMAP_PATH), None)
+    return entry.data if entry is not None else None
 
 
 @dataclass(frozen=True)
@@ -220,16 +240,26 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
         if tpm_mode != "absent":
             emulated = tpm.Swtpm(prep.tpm.state, workdir / f"{name}-swtpm.log").start()
             cfg = dataclasses.replace(cfg, tpm_socket=emulated.socket)
+    bmap = typing_keymap(prep)
+    sockets = Path(tempfile.mkdtemp(prefix="bootgen-mon-")) if bmap is not None else None
+    if sockets is not None:
+        # a VGA card: the VTs get a real console driver (vgacon), which loads fonts
+        cfg = dataclasses.replace(cfg, monitor_socket=str(sockets / "monitor.sock"),
+                                  extra=(*cfg.extra, "-device", "VGA"))
+        variant = ", ".join(v for v in (variant, f"typed on the keyboard "
+                                        f"({CONSOLE.of(host).keymap})") if v)
     try:
         if uki is not None:
             fw, esp = uki_machine(host, prep, workdir, token, append, uki)
             cfg = dataclasses.replace(cfg, kernel=None, initrd=None, append="", firmware=fw,
                                       machine="q35", drives=(*cfg.drives, esp))
         result = _boot(host, prep, cfg, workdir / f"{name}.log", token, append, timeout,
-                       progress, passphrases)
+                       progress, passphrases, bmap)
     finally:
         if emulated is not None:
             emulated.stop()
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
     result = dataclasses.replace(result, variant=variant)
     if prep.tpm is not None and result.passed:
         if tpm_mode == "unlock" and result.prompts:
@@ -243,7 +273,7 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
 
 def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: str,
           append: Sequence[str], timeout: float, progress: Progress | None,
-          passphrases: Sequence[str]) -> BootResult:
+          passphrases: Sequence[str], bmap: bytes | None = None) -> BootResult:
     if progress:
         progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
     reason = ""
@@ -261,7 +291,12 @@ def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: st
                 continue
             if not PROMPT.fullmatch(m.group(0)) or prompts >= 10:
                 break
-            machine.send_console(passphrases[min(prompts, len(passphrases) - 1)] + "\n")
+            answer = passphrases[min(prompts, len(passphrases) - 1)]
+            if bmap is None:
+                machine.send_console(answer + "\n")
+            else:  # the prompt shows on every console: give the VT's reader time to start
+                time.sleep(TYPING_DELAY * qemu.timeout_multiplier())
+                machine.send_keys([*keymap.keys_for(answer, bmap), "ret"])
             prompts += 1
         found = RESULT.search(m.group(0))
         if found is None and REFUSED.fullmatch(m.group(0)):
