@@ -244,3 +244,16 @@ def test_bootgen_images_are_measured_from_their_manifest(tmp_path: Path) -> None
     assert from_manifest.raw == read_back.raw
     assert from_manifest.files == read_back.files
     assert from_manifest.compression == read_back.compression
+
+
+def test_trusted_unlock_interval_from_the_console() -> None:
+    trusted = _load("trusted")
+    scripted = ("[   12.500000] bootgen: unlocking cryptroot (/dev/vda1) with the TPM\n"
+                "bootgen: something else\n"
+                "[   14.000000] bootgen: cryptroot unlocked with the TPM\n")
+    assert trusted.unlock_seconds("scripted", scripted) == 1.5
+    systemd = ("[   20.100000] systemd[1]: Starting systemd-cryptsetup@cryptroot.service - x\n"
+               "[   23.350000] systemd[1]: Finished systemd-cryptsetup@cryptroot.service - x\n")
+    assert trusted.unlock_seconds("systemd", systemd) == 3.25
+    assert trusted.unlock_seconds("systemd", scripted) is None
+    assert trusted.unlock_seconds("scripted", scripted.splitlines()[0]) is None

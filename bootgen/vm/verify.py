@@ -228,6 +228,10 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
     variant = "UKI" if uki is not None else ""
     emulated: tpm.Swtpm | None = None
     name = prep.flavor
+    if prep.tpm is not None and uki is not None:
+        raise UsageError("verify cannot boot TPM2 volumes as a UKI yet: the test volumes are "
+                         "enrolled under SeaBIOS, whose PCR 7 differs from OVMF's",
+                         hint="verify the TPM2 unlock without --uki (boot.output = \"initrd\")")
     if prep.tpm is not None:
         variant = {"unlock": "TPM unlock", "changed": "TPM refuses: other PCR values",
                    "absent": "no TPM"}[tpm_mode] + (", UKI" if uki is not None else "")
@@ -340,6 +344,10 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
            uki: UkiBoot | None = None) -> list[BootResult]:
     """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
     work = workdir or default_workdir(host)
+    if uki is not None and any(lk.tpm2 for lk in host.luks):
+        raise UsageError("verify cannot boot TPM2 volumes as a UKI yet: the test volumes are "
+                         "enrolled under SeaBIOS, whose PCR 7 differs from OVMF's",
+                         hint="verify the TPM2 unlock without --uki (boot.output = \"initrd\")")
     if progress:
         progress(qemu.accel_line())
     prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
