@@ -108,3 +108,20 @@ def test_swtpm_starts_and_stops(tmp_path: Path) -> None:
         assert len(t.socket) < 100
         folder = Path(t.socket).parent
     assert not folder.exists()
+
+
+def test_boot_checks_how_the_volumes_were_enrolled(tmp_path: Path) -> None:
+    """A fixture enrolled for -kernel boots cannot serve a UKI boot (PCR 7 differs), and
+    Secure Boot can be turned off only for a signed UKI: refused before anything starts."""
+    from bootgen.errors import UsageError
+    from bootgen.vm import disks
+    from bootgen.vm.verify import Prepared, UkiBoot, boot
+
+    enrolled = tpm.Enrolled(tmp_path, (), None, uefi=False)
+    prep = Prepared("scripted", tmp_path / "i.img", 0, 0.0, (), disks.TestRoot("x", ()),
+                    "/k", None, enrolled)
+    with pytest.raises(UsageError, match="enrolled for -kernel boots, this boot is not one"):
+        boot(loads(TPM2), prep, tmp_path, uki=UkiBoot())
+    with pytest.raises(UsageError, match="Secure Boot can be turned off only in UKI boots"):
+        boot(loads(TPM2), prep, tmp_path, tpm_mode="secure-boot-off")
+    assert list(tmp_path.iterdir()) == []  # nothing started

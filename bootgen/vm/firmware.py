@@ -14,19 +14,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.schema import Host
 from ..errors import BuildError
+from ..features.uki import UKI, key_path
+from ..image import uki
 from ..paths import cache_dir
 from ..run import run
-from .qemu import Firmware
+from .qemu import Drive, Firmware
 
 DESCRIPTORS = Path("/usr/share/qemu/firmware")
 DEBIAN = {False: ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
@@ -154,3 +159,48 @@ def secure_vars(cert: Path, *, cache: Path | None = None) -> Path:
         raise BuildError(f"cannot enroll {cert} into an OVMF variable store: {e}",
                          hint="is it a PEM X.509 certificate?") from e
     return final
+
+
+def uki_machine(host: Host, initrd: bytes, kver: str, cmdline: Sequence[str], workdir: Path,
+                name: str, *, sign: bool = True, tamper: bool = False, secure_boot: bool = True
+                ) -> tuple[Firmware, Drive]:
+    """A UKI of `host` around `initrd` on an ESP, and the firmware that boots it: with Secure
+    Boot enforced and the description's certificate enrolled when the description signs
+    (unless `secure_boot` is False: the same firmware in setup mode), plain OVMF otherwise.
+    `sign=False` leaves it unsigned anyway, `tamper` flips a byte of its .initrd after signing
+    (both must then be refused)."""
+    u = UKI.of(host)
+    signing = u.sign_key is not None and u.sign_cert is not None
+    made = host if sign or not signing else host.with_section(
+        "uki", dataclasses.replace(u, sign_key=None, sign_cert=None))
+    efi = uki.make(made, initrd, kver, cmdline=cmdline)
+    if tamper:
+        section = next(s for s in uki.parse(efi).sections if s.name == ".initrd")
+        data = bytearray(efi)
+        data[section.raw_pointer + section.virtual_size // 2] ^= 0x01
+        efi = bytes(data)
+    esp = esp_image(workdir / f"{name}-esp.img", efi)
+    if signing:
+        assert u.sign_cert is not None
+        fw = ovmf(secure=True)
+        store = secure_vars(key_path(host, u.sign_cert)) if secure_boot else fw.vars_template
+    else:
+        fw = ovmf(secure=False)
+        store = fw.vars_template
+    return (machine_firmware(fw, store, workdir, name),
+            Drive(str(esp), interface="ide", snapshot=True))
+
+
+def uefi_identity(host: Host) -> str:
+    """What PCR 7 of a UKI boot of `host` depends on (for caches of TPM enrollments): the
+    firmware, and the certificate that verifies the UKI when the description signs."""
+    u = UKI.of(host)
+    signing = u.sign_key is not None and u.sign_cert is not None
+    fw = ovmf(secure=signing)
+    h = hashlib.sha256(b"bootgen-uefi-1\0")
+    for path in (fw.code, fw.vars_template):
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    if signing:
+        assert u.sign_cert is not None
+        h.update(key_path(host, u.sign_cert).read_bytes())
+    return h.hexdigest()

@@ -24,6 +24,7 @@ neither a TPM nor device-mapper.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -100,6 +101,14 @@ class Enrolled:
     state: Path  # a directory with the TPM state (cache: copy it per boot, see Swtpm)
     good: tuple[qemu.Drive, ...]  # the test drives, TPM2 volumes enrolled at the boot's PCRs
     changed: tuple[qemu.Drive, ...] | None  # enrolled against another value of a bound PCR
+    uefi: bool = False  # enrolled in a UKI boot under OVMF (else: SeaBIOS, -kernel)
+
+
+# How test boots of UKIs start: (initrd, command line, folder) → firmware and ESP drive. The
+# helper VM starts the same way (same firmware, same Secure Boot state, signed with the same
+# key), so that PCR 7 (the Secure Boot policy and the certificate that verified the image) has
+# the value the test boots will have.
+UefiStart = Callable[[bytes, list[str], Path], tuple[qemu.Firmware, qemu.Drive]]
 
 
 def volumes(host: Host, built: tuple[BuiltDisk, ...]) -> list[Volume]:
@@ -225,9 +234,11 @@ def enroll_script(pcrs: tuple[int, ...], pin: bool, good: list[str], changed: li
 
 
 def enroll(host: Host, built: tuple[BuiltDisk, ...], kver: str, kernel: str, *,
-           cache: Path | None = None, progress: Callable[[str], None] | None = None
-           ) -> Enrolled:
-    """The TPM state and test drives for `host`'s TPM2 volumes (see the module docstring)."""
+           cache: Path | None = None, progress: Callable[[str], None] | None = None,
+           uefi: tuple[str, UefiStart] | None = None) -> Enrolled:
+    """The TPM state and test drives for `host`'s TPM2 volumes (see the module docstring).
+    `uefi` (what PCR 7 depends on, how to start a UKI): enroll in a UKI boot under OVMF, for
+    test boots of UKIs."""
     vols = volumes(host, built)
     if not vols:
         raise BuildError("no [[luks]] entry has tpm2 = true")
@@ -240,34 +251,36 @@ def enroll(host: Host, built: tuple[BuiltDisk, ...], kver: str, kernel: str, *,
     disks = sorted({v.disk for v in vols})
     key = hashlib.sha256(json.dumps([ENROLL_VERSION, [str(d.path.parent.name) for d in built],
                                      [d.path.name for d in built], disks, bound, pin, kver,
-                                     TEST_PASSPHRASE, TEST_PIN]).encode()).hexdigest()
+                                     TEST_PASSPHRASE, TEST_PIN, uefi[0] if uefi else "bios"]
+                                    ).encode()).hexdigest()
     folder = cache or cache_dir("tpm")
     final = folder / key[:32]
-    found = _load(final, built, disks, bool(bound))
+    found = _load(final, built, disks, bool(bound), uefi is not None)
     if found is not None:
         return found
     folder.mkdir(parents=True, exist_ok=True)
     # one helper VM per fixture: a concurrent verify (another test worker) waits for it
     with open(folder / f".{key[:32]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _load(final, built, disks, bool(bound))
+        found = _load(final, built, disks, bool(bound), uefi is not None)
         if found is not None:
             return found
-        _make(final, folder, key, host, built, vols, disks, bound, pin, kver, kernel, progress)
-    loaded = _load(final, built, disks, bool(bound))
+        _make(final, folder, key, built, vols, disks, bound, pin, kver, kernel, progress,
+              uefi[1] if uefi else None)
+    loaded = _load(final, built, disks, bool(bound), uefi is not None)
     if loaded is None:
         raise BuildError(f"the TPM fixture vanished from {final}", hint="is the cache shared?")
     return loaded
 
 
-def _make(final: Path, folder: Path, key: str, host: Host, built: tuple[BuiltDisk, ...],
+def _make(final: Path, folder: Path, key: str, built: tuple[BuiltDisk, ...],
           vols: list[Volume], disks: list[int], bound: tuple[int, ...], pin: bool, kver: str,
-          kernel: str, progress: Callable[[str], None] | None) -> None:
+          kernel: str, progress: Callable[[str], None] | None, uefi: UefiStart | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=folder))
     try:
         if progress:
             progress("enrolling the test volumes in the emulated TPM (helper VM)")
-        _enroll_into(tmp, host, built, vols, disks, bound, pin, kver, kernel)
+        _enroll_into(tmp, built, vols, disks, bound, pin, kver, kernel, uefi)
         tmp.chmod(0o755)
         try:
             os.rename(tmp, final)
@@ -295,8 +308,8 @@ def _disk_name(i: int) -> str:
     return f"disk{i}"
 
 
-def _load(final: Path, built: tuple[BuiltDisk, ...], disks: list[int], changed: bool
-          ) -> Enrolled | None:
+def _load(final: Path, built: tuple[BuiltDisk, ...], disks: list[int], changed: bool,
+          uefi: bool) -> Enrolled | None:
     if not (final / "state" / STATE_FILE).is_file() or not (final / "done").is_file():
         return None
 
@@ -308,12 +321,13 @@ def _load(final: Path, built: tuple[BuiltDisk, ...], disks: list[int], changed: 
     for kind in ("good", "changed") if changed else ("good",):
         if not all((final / f"{_disk_name(i)}.{kind}.img").is_file() for i in disks):
             return None
-    return Enrolled(final / "state", drives("good"), drives("changed") if changed else None)
+    return Enrolled(final / "state", drives("good"), drives("changed") if changed else None,
+                    uefi)
 
 
-def _enroll_into(out: Path, host: Host, built: tuple[BuiltDisk, ...], vols: list[Volume],
+def _enroll_into(out: Path, built: tuple[BuiltDisk, ...], vols: list[Volume],
                  disks: list[int], pcrs: tuple[int, ...], pin: bool, kver: str,
-                 kernel: str) -> None:
+                 kernel: str, uefi: UefiStart | None) -> None:
     kinds = ("good", "changed") if pcrs else ("good",)
     drives: list[qemu.Drive] = []
     names: dict[str, list[str]] = {k: [] for k in kinds}
@@ -331,12 +345,17 @@ def _enroll_into(out: Path, host: Host, built: tuple[BuiltDisk, ...], vols: list
     initrd.write_bytes(helper_initrd(kver, script))
     (out / "state").mkdir()
     log = out / "enroll.log"
+    cmdline = ["console=ttyS0", "quiet", "panic=-1"]
     with Swtpm(None, out / "swtpm.log") as tpm:
         cfg = qemu.QemuConfig(
-            kernel=kernel, initrd=str(initrd), append="console=ttyS0 quiet panic=-1",
+            kernel=kernel, initrd=str(initrd), append=" ".join(cmdline),
             drives=tuple(drives), tpm_socket=tpm.socket,
             extra=("-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
                    "readonly=on,multidevs=remap"))
+        if uefi is not None:
+            fw, esp = uefi(initrd.read_bytes(), cmdline, out)
+            cfg = dataclasses.replace(cfg, kernel=None, initrd=None, append="", firmware=fw,
+                                      machine="q35", drives=(*cfg.drives, esp))
         with qemu.Machine(cfg, log_path=log, name="TPM enrollment") as machine:
             machine.start()
             m = machine.wait_for_console_text(r"BOOTGEN-ENROLL-EXIT rc=(\d+)[^\n]*",
@@ -350,6 +369,8 @@ def _enroll_into(out: Path, host: Host, built: tuple[BuiltDisk, ...], vols: list
                 pass
         shutil.copyfile(tpm.state_dir / STATE_FILE, out / "state" / STATE_FILE)
     initrd.unlink()
+    for scratch in (*out.glob("*-esp.img"), *out.glob("*-vars.fd")):
+        scratch.unlink()
     for f in out.glob("*.img"):
         f.chmod(0o444)
     (out / "done").write_text("ok\n")

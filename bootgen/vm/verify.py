@@ -25,9 +25,8 @@ from ..config.schema import Host
 from ..errors import BootError, BootgenError, UsageError
 from ..features.console import CONSOLE
 from ..features.console import KEYMAP as KEYMAP_PATH
-from ..features.uki import UKI, key_path
+from ..features.uki import UKI
 from ..image import keymap
-from ..image import uki as uki_image
 from ..image.build import BuildResult, build, kernel_version
 from ..progress import Progress
 from . import disks, firmware, qemu, timeline, tpm
@@ -48,8 +47,9 @@ PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for d
 PIN_PROMPT = re.compile(r"enter the TPM2 PIN for \S+|Please enter TPM2 PIN:")
 # How a boot of a description with TPM2 volumes goes: the TPM unlocks them without a prompt;
 # enrolled against other PCR values, the TPM refuses and the passphrase is asked; no TPM at
-# all, the passphrase is asked after a bounded wait.
-TPM_MODES = ("unlock", "changed", "absent")
+# all, the passphrase is asked after a bounded wait; a signed UKI booted with Secure Boot
+# turned off changes PCR 7, the TPM refuses and the passphrase is asked.
+TPM_MODES = ("unlock", "changed", "absent", "secure-boot-off")
 TYPING_DELAY = 1.5  # seconds between a prompt on the serial line and typing on the VT
 
 
@@ -121,6 +121,7 @@ class UkiBoot:
 
     sign: bool = True
     tamper: bool = False
+    secure_boot: bool = True  # False: the same firmware with Secure Boot off (setup mode)
 
 
 def uki_params(host: Host, token: str, append: Sequence[str]) -> list[str]:
@@ -131,32 +132,14 @@ def uki_params(host: Host, token: str, append: Sequence[str]) -> list[str]:
 
 def uki_machine(host: Host, prep: Prepared, workdir: Path, token: str, append: Sequence[str],
                 how: UkiBoot) -> tuple[qemu.Firmware, qemu.Drive]:
-    """Build the UKI (signed as the description says, unless `how` says otherwise), its ESP
-    and the firmware for one boot."""
+    """The UKI of the image under test (signed as the description says, unless `how` says
+    otherwise), its ESP and the firmware for one boot."""
     if prep.build is None:
         raise UsageError("a UKI boot needs an image bootgen built")
-    u = UKI.of(host)
-    signing = u.sign_key is not None and u.sign_cert is not None
-    made = host if how.sign or not signing else host.with_section(
-        "uki", dataclasses.replace(u, sign_key=None, sign_cert=None))
-    efi = uki_image.make(made, prep.build.packed.data, prep.build.image.spec.kver,
-                         cmdline=uki_params(host, token, append))
-    if how.tamper:
-        payload = uki_image.parse(efi).sections
-        initrd = next(s for s in payload if s.name == ".initrd")
-        data = bytearray(efi)
-        data[initrd.raw_pointer + initrd.virtual_size // 2] ^= 0x01
-        efi = bytes(data)
-    esp = firmware.esp_image(workdir / f"{prep.flavor}-esp.img", efi)
-    if signing:
-        assert u.sign_cert is not None
-        fw = firmware.ovmf(secure=True)
-        store = firmware.secure_vars(key_path(host, u.sign_cert))
-    else:
-        fw = firmware.ovmf(secure=False)
-        store = fw.vars_template
-    return (firmware.machine_firmware(fw, store, workdir, prep.flavor),
-            qemu.Drive(str(esp), interface="ide", snapshot=True))
+    return firmware.uki_machine(host, prep.build.packed.data, prep.build.image.spec.kver,
+                                uki_params(host, token, append), workdir, prep.flavor,
+                                sign=how.sign, tamper=how.tamper,
+                                secure_boot=how.secure_boot)
 
 
 def qemu_config(host: Host, prep: Prepared, append: str,
@@ -187,7 +170,9 @@ class Prepared:
 
 def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None,
             kver: str | None = None, cache_dir: Path | None = None,
-            progress: Progress | None = None) -> Prepared:
+            progress: Progress | None = None, uki: bool = False) -> Prepared:
+    """Build the image and the test disks; with TPM2 volumes, enroll them in an emulated TPM
+    (for UKI boots under OVMF when `uki`: the bound PCRs differ between the two ways)."""
     workdir.mkdir(parents=True, exist_ok=True)
     version = kernel_version(host, kver)
     image = workdir / f"{flavor}.img"
@@ -206,8 +191,15 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
     kernel = qemu.readable_kernel(kernel) if kernel else qemu.default_kernel(version)
     enrolled = None
     if any(lk.tpm2 for lk in host.luks):
+        uefi = None
+        if uki:
+            def start(initrd: bytes, params: list[str], folder: Path
+                      ) -> tuple[qemu.Firmware, qemu.Drive]:
+                return firmware.uki_machine(host, initrd, version, params, folder, "enroll")
+
+            uefi = (firmware.uefi_identity(host), start)
         enrolled = tpm.enroll(host, built, version, kernel, progress=progress,
-                              cache=cache_dir / "tpm" if cache_dir else None)
+                              cache=cache_dir / "tpm" if cache_dir else None, uefi=uefi)
     return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r,
                     enrolled)
 
@@ -228,13 +220,20 @@ def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (
     variant = "UKI" if uki is not None else ""
     emulated: tpm.Swtpm | None = None
     name = prep.flavor
-    if prep.tpm is not None and uki is not None:
-        raise UsageError("verify cannot boot TPM2 volumes as a UKI yet: the test volumes are "
-                         "enrolled under SeaBIOS, whose PCR 7 differs from OVMF's",
-                         hint="verify the TPM2 unlock without --uki (boot.output = \"initrd\")")
+    if prep.tpm is not None and prep.tpm.uefi != (uki is not None):
+        raise UsageError("the test volumes were enrolled for " + (
+            "UKI boots" if prep.tpm.uefi else "-kernel boots") + ", this boot is not one",
+            hint="prepare(..., uki=True) for UKI boots")
+    if tpm_mode == "secure-boot-off":
+        u = UKI.of(host)
+        if uki is None or u.sign_key is None or u.sign_cert is None:
+            raise UsageError("Secure Boot can be turned off only in UKI boots of a description "
+                             "that signs", hint="set [uki] sign_key and sign_cert")
+        uki = dataclasses.replace(uki, secure_boot=False)
     if prep.tpm is not None:
         variant = {"unlock": "TPM unlock", "changed": "TPM refuses: other PCR values",
-                   "absent": "no TPM"}[tpm_mode] + (", UKI" if uki is not None else "")
+                   "absent": "no TPM", "secure-boot-off": "TPM refuses: Secure Boot off"
+                   }[tpm_mode] + (", UKI" if uki is not None else "")
         name = f"{prep.flavor}-tpm-{tpm_mode}"
         drives = prep.tpm.changed if tpm_mode == "changed" else prep.tpm.good
         if drives is None:
@@ -344,14 +343,10 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
            uki: UkiBoot | None = None) -> list[BootResult]:
     """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
     work = workdir or default_workdir(host)
-    if uki is not None and any(lk.tpm2 for lk in host.luks):
-        raise UsageError("verify cannot boot TPM2 volumes as a UKI yet: the test volumes are "
-                         "enrolled under SeaBIOS, whose PCR 7 differs from OVMF's",
-                         hint="verify the TPM2 unlock without --uki (boot.output = \"initrd\")")
     if progress:
         progress(qemu.accel_line())
     prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
-                        progress=progress) for f in flavors]
+                        progress=progress, uki=uki is not None) for f in flavors]
     results: list[BootResult | None] = [None] * len(prepared)
 
     def run(i: int) -> None:
@@ -359,7 +354,9 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
 
     def run_modes(i: int) -> list[BootResult]:
         enrolled = prepared[i].tpm
-        modes = ["unlock"] + (["changed"] if enrolled and enrolled.changed else [])
+        u = UKI.of(host)
+        modes = ["unlock"] + (["changed"] if enrolled and enrolled.changed else []) + (
+            ["secure-boot-off"] if uki is not None and u.sign_key and u.sign_cert else [])
         return [boot(host, prepared[i], work, append=append, progress=progress, uki=uki,
                      tpm_mode=mode) for mode in modes]
 
