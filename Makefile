@@ -7,7 +7,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tool and its tests use (the host's systemd, busybox, cryptsetup, kernel, QEMU).
 APT_PACKAGES := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static systemd udev kmod \
 	cryptsetup-bin dropbear-bin openssh-client openssh-server shellcheck cpio fdisk e2fsprogs \
-	zstd xz-utils lz4 python3-venv lvm2 mdadm btrfs-progs xfsprogs dosfstools
+	zstd xz-utils lz4 python3-venv lvm2 mdadm btrfs-progs xfsprogs dosfstools \
+	binutils systemd-boot-efi sbsigntool ovmf mtools \
+	swtpm swtpm-tools tpm2-tools libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-device0 \
+	console-setup kbd
 PYTEST_ARGS ?= -n 2
 OUT := out
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import sys
 import threading
@@ -99,27 +100,36 @@ kver_option = click.option("--kernel-version", "kver", metavar="KVER",
 
 @main.command()
 @click.argument("host", type=HOST)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the image.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the image (the UKI with boot.output = \"uki\").")
 @flavor_option
 @kver_option
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the bill of materials (JSON) here.")
 @click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write secrets as a separate archive instead of appending them.")
+@click.option("--uki", "uki_output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a unified kernel image (EFI binary, settings in [uki]).")
 @click.option("--force", is_flag=True,
               help="Replace the running kernel's initrd (the old one is kept as NAME.bootgen-old).")
-def build(host: Path, output: Path, flavor: str | None, kver: str | None,
-          manifest_path: Path | None, secrets_out: Path | None, force: bool) -> None:
-    """Build the initrd for HOST (a .toml description)."""
+def build(host: Path, output: Path | None, flavor: str | None, kver: str | None,
+          manifest_path: Path | None, secrets_out: Path | None, uki_output: Path | None,
+          force: bool) -> None:
+    """Build the initrd (or unified kernel image) for HOST (a .toml description)."""
+    from .errors import UsageError
     from .image.build import build as do_build
 
+    if output is None and uki_output is None:
+        raise UsageError("nothing to write", hint="give -o IMAGE and/or --uki OUT.efi")
     desc = description.load(host)
     r = do_build(desc, output=output, flavor=flavor, kver=kver, manifest_path=manifest_path,
-                 secrets_out=secrets_out, progress=_progress, force=force)
+                 secrets_out=secrets_out, uki_output=uki_output, progress=_progress,
+                 force=force)
     spec = r.image.spec
     files = sum(1 for e in r.image.entries if e.kind == "file")
-    click.echo(f"built {output}  ({spec.flavor} stage one, kernel {spec.kver})")
+    initrd_out = output if desc.boot.output == "initrd" else None
+    uki_out = uki_output or (output if desc.boot.output == "uki" else None)
+    click.echo(f"built {initrd_out or uki_out}  ({spec.flavor} stage one, kernel {spec.kver})")
     click.echo(f"  entries   {r.checked.members} ({files} files, {len(r.image.modules)} kernel "
                f"modules, {r.checked.elf_files} ELF files checked)")
     click.echo(f"  size      {_mb(r.packed.raw_size)} raw, {_mb(len(r.packed.main))} "
@@ -130,7 +140,15 @@ def build(host: Path, output: Path, flavor: str | None, kver: str | None,
     segs = ", ".join(f"{s.name} {_mb(len(s.data))}{' (cached)' if s.cached else ''}"
                      for s in r.packed.segments)
     click.echo(f"  segments  {segs}")
-    click.echo(f"  sha256    {r.sha256}")
+    click.echo(f"  sha256    {r.sha256}" + ("" if initrd_out else " (the initrd)"))
+    if r.uki is not None:
+        from .image import uki
+
+        parts = uki.read(r.uki)
+        click.echo(f"  uki       {uki_out}: {_mb(len(r.uki))}, "
+                   f"{'signed' if parts.signed else 'unsigned'}, "
+                   f"pcr11 {uki.pcr11(parts.payloads)[:16]}…, "
+                   f"sha256 {hashlib.sha256(r.uki).hexdigest()}")
     click.echo(f"  time      {r.seconds:.2f} s")
     for w in (*r.image.warnings, *r.packed.warnings):
         click.echo(printable(f"warning: {w}"), err=True)
@@ -171,8 +189,9 @@ def show(host: Path, flavor: str | None, kver: str | None) -> None:
 @main.command(name="ls")
 @click.argument("image", type=HOST)
 def ls_cmd(image: Path) -> None:
-    """List the contents of any newc initrd, segment by segment. Exit 2 if it cannot be read."""
-    for line in inspect.ls_lines(inspect.read(image)):
+    """List the contents of any newc initrd, segment by segment, or of a unified kernel
+    image (its sections, then the initrd inside)."""
+    for line in inspect.ls_any(image):
         click.echo(line)
 
 
@@ -217,12 +236,15 @@ def _stage_table(r: Any) -> str:
               help="Flavour to boot; 'both' runs the two side by side (default: boot.flavor).")
 @kver_option
 @_boot_options
+@click.option("--uki", "as_uki", is_flag=True,
+              help="Boot a unified kernel image under UEFI (OVMF) from an ESP, Secure Boot "
+              "enforced when [uki] signs (default with boot.output = \"uki\").")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw every unit (systemd) or step (scripted) of stage one as SVG here "
               "(FILE-<flavour>.svg for both) and list the slowest.")
 def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
-           append: tuple[str, ...], workdir: Path | None, as_json: bool,
+           append: tuple[str, ...], workdir: Path | None, as_uki: bool, as_json: bool,
            timeline_path: Path | None) -> None:
     """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST."""
     import json
@@ -236,8 +258,9 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     params = [p for a in append for p in a.split()]
     if timeline_path is not None:
         params += TIMELINE_PARAMS
+    uki = v.UkiBoot() if as_uki or desc.boot.output == "uki" else None
     results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver, append=params,
-                       progress=None if as_json else _progress)
+                       progress=None if as_json else _progress, uki=uki)
     for r in results:
         if timeline_path is None:
             break
@@ -254,8 +277,10 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     else:
         for r in results:
             state = "PASS" if r.passed else "FAIL"
-            click.echo(f"{state}  {r.flavor:<8} image {_mb(r.image_size)} built in "
-                       f"{r.build_seconds:.2f}s; booted in {r.wall_seconds:.1f}s host time")
+            click.echo(f"{state}  {r.flavor:<8} " + (f"[{r.variant}] " if r.variant else "")
+                       + f"image {_mb(r.image_size)} built in {r.build_seconds:.2f}s; booted "
+                       f"in {r.wall_seconds:.1f}s host time"
+                       + (f", {r.prompts} passphrase prompt(s)" if r.prompts else ""))
             if r.stages:
                 click.echo(f"      guest uptime: {_stage_table(r)}")
             if not r.passed:

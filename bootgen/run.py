@@ -19,7 +19,9 @@ PACKAGES = {
     "mkfs.vfat": "dosfstools", "mkswap": "util-linux", "dropbearconvert": "dropbear-bin",
     "ssh-keygen": "openssh-client", "busybox": "busybox-static", "zstd": "zstd",
     "cpio": "cpio", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
-    "swtpm": "swtpm", "sbsign": "sbsigntool", "mcopy": "mtools", "mformat": "mtools",
+    "swtpm": "swtpm", "sbsign": "sbsigntool", "sbverify": "sbsigntool", "mcopy": "mtools",
+    "mformat": "mtools", "mmd": "mtools", "ckbcomp": "console-setup", "loadkeys": "kbd",
+    "tpm2_pcrread": "tpm2-tools", "systemd-cryptenroll": "systemd",
     "objcopy": "binutils", "shellcheck": "shellcheck", "rsvg-convert": "librsvg2-bin",
 }
 # Searched after PATH: Debian's sbin directories are not in a normal user's PATH, but their

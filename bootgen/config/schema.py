@@ -29,6 +29,7 @@ from .settings import (
 )
 
 FLAVORS = ("systemd", "scripted")
+OUTPUTS = ("initrd", "uki")
 FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "f2fs", "squashfs", "tmpfs")
 LOCKED_HINT = ("rescue shell is locked: set rescue.root_password_hash or "
                "rescue.allow_passwordless = true in the host description")
@@ -69,6 +70,9 @@ class Boot:
     resume_offset: int | None = setting(
         "Page offset of a swap file's header on `resume_device` (`resume_offset=` overrides).",
         None, check=check_positive)
+    output: str = setting(
+        "What `bootgen build -o` writes: the initrd, or a unified kernel image (settings in "
+        "[uki]; `bootgen build --uki` writes one either way).", "initrd", choices=OUTPUTS)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from ..config.schema import Host, Section
 from . import (
     base,
     btrfs,
+    console,
     extra,
     fsck,
     luks,
@@ -26,6 +27,7 @@ from . import (
     ssh,
     systemd,
     udev,
+    uki,
 )
 from .api import Feature
 
@@ -34,6 +36,7 @@ FEATURES: tuple[Feature, ...] = (
     scripted.FEATURE,
     systemd.FEATURE,
     udev.FEATURE,
+    console.FEATURE,
     luks.FEATURE,
     mdraid.FEATURE,
     lvm.FEATURE,
@@ -44,6 +47,7 @@ FEATURES: tuple[Feature, ...] = (
     fsck.FEATURE,
     rescue.FEATURE,
     extra.FEATURE,
+    uki.FEATURE,
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

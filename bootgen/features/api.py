@@ -105,7 +105,9 @@ class HostFile:
     reason: str = ""
     optional: bool = False
     secret: bool = False  # goes to the separate secrets archive, never the reproducible one
-    convert: str | None = None  # "dropbear-key": OpenSSH private key → dropbear's format
+    # "dropbear-key": OpenSSH private key → dropbear's format; "gunzip"; "keymap[:VARIANT]":
+    # an XKB symbols file (/usr/share/X11/xkb/symbols/LAYOUT) → busybox loadkmap binary keymap
+    convert: str | None = None
     feature: str = ""
     # A file the description names ("luks[0].key_file"): only a readable regular file of at
     # most `max_size` bytes is taken, and problems are reported at that key.

@@ -5,6 +5,12 @@ the console by systemd-tty-ask-password-agent; rd.luks.* keeps working. Scripted
 pre-mount hook that runs cryptsetup with a console prompt, retries and the same options, and
 honours rd.luks.uuid= / rd.luks.name= / rd.luks=0. Keyfiles and detached headers from the build
 host go to the separate secrets archive, never the reproducible main archive.
+
+TPM2 (`tpm2 = true`): a key sealed in the TPM by systemd-cryptenroll unlocks the volume
+without a prompt; when the TPM refuses (the bound PCRs changed) or is missing, the passphrase
+is asked as usual. systemd flavour: crypttab `tpm2-device=auto`, `tpm2-pcrs=` and a bounded
+`token-timeout=`; scripted flavour: `cryptsetup open --token-only` first. Both use
+libcryptsetup's systemd-tpm2 token plugin and the tss2 libraries, loaded with dlopen.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from .api import (
     Hook,
     Host,
     HostFile,
+    Library,
     Module,
     Program,
     Report,
@@ -44,6 +51,12 @@ check_key_path = matching(r"(/[A-Za-z0-9_.+@=~-]+)+", "a plain absolute path wit
                           "e.g. '/keys/root.key'")
 KEY_LIMIT = 8 << 20  # cryptsetup reads 8 MiB of a keyfile at most
 HEADER_LIMIT = 64 << 20  # a LUKS2 header with its keyslots area (16 MiB by default)
+
+
+def check_pcrs(value: int) -> tuple[str, str] | None:
+    if not 0 <= value <= 23:
+        return (f"PCR {value} does not exist", "TPM 2.0 PCRs are 0-23; 7 is Secure Boot state")
+    return None
 
 
 def check_tries(value: int) -> tuple[str, str] | None:
@@ -82,11 +95,28 @@ class Luks:
                            check=bounded(0, 86400, " s"))
     options: tuple[str, ...] = setting("Extra crypttab options.", factory=tuple,
                                        check=check_option)
+    tpm2: bool = setting(
+        "Unlock with a key sealed in the TPM 2.0 (enroll it with systemd-cryptenroll, see "
+        "docs/trusted-boot.md); the passphrase is asked (console, SSH) when the TPM refuses.",
+        False)
+    tpm2_pcrs: tuple[int, ...] = setting(
+        "PCRs the TPM key is bound to (`systemd-cryptenroll --tpm2-pcrs=`); the systemd "
+        "flavour uses only a token bound to exactly these.", factory=lambda: (7,),
+        check=check_pcrs, example="[7]")
+    tpm2_pin: bool = setting("The TPM key also needs a PIN (`--tpm2-with-pin=yes`), asked at "
+                             "the console.", False)
 
 
 LUKS = Tables("luks", Luks)
 
 KEY_DIR = "/etc/bootgen/luks"
+# TPM2 through libcryptsetup: the systemd-tpm2 token plugin (dlopen'ed by libcryptsetup from its
+# token directory) and the tss2 libraries libsystemd-shared dlopens; the TCTI for /dev/tpmrm0.
+TOKEN_PLUGIN = "/usr/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so"
+TSS2 = ("libtss2-esys.so.0", "libtss2-rc.so.0", "libtss2-mu.so.0", "libtss2-tcti-device.so.0")
+# TPM drivers (built into Debian's kernel; modules elsewhere).
+TPM_MODULES = ("tpm_tis", "tpm_crb")
+TOKEN_TIMEOUT = 10  # seconds to wait for a TPM that is not there yet, then ask
 # dm-crypt and the ciphers LUKS2 uses by default (aes-xts-plain64); AF_ALG for cryptsetup's
 # own keyslot decryption through the kernel.
 MODULES = ("dm_mod", "dm_crypt", "xts", "aes", "algif_skcipher")
@@ -123,6 +153,10 @@ def crypttab_line(lk: Luks) -> str:
         opts.append("headless=yes")  # a keyfile that fails must not turn into a prompt
     if lk.try_empty_passphrase:
         opts.append("try-empty-password=yes")
+    if lk.tpm2:
+        opts += ["tpm2-device=auto", f"token-timeout={TOKEN_TIMEOUT}s"]
+        if lk.tpm2_pcrs:
+            opts.append("tpm2-pcrs=" + "+".join(str(p) for p in sorted(set(lk.tpm2_pcrs))))
     opts += list(lk.options)
     return f"{lk.name} {lk.device} {key} {','.join(opts)}"
 
@@ -135,7 +169,7 @@ def luks_view(lk: Luks) -> dict[str, object]:
         "key_offset": lk.key_file_offset, "discards": lk.allow_discards,
         "fallback": lk.fallback_to_password, "try_empty": lk.try_empty_passphrase,
         "tries": lk.tries, "timeout": lk.timeout, "options": list(lk.options),
-        "udev_node": device_node(lk.device),
+        "udev_node": device_node(lk.device), "tpm2": lk.tpm2, "tpm2_pin": lk.tpm2_pin,
     }
 
 
@@ -172,6 +206,12 @@ def check(host: Host, report: Report) -> None:
         if lk.fallback_to_password and not (lk.key_file or lk.key_file_device):
             add(f"luks[{i}].fallback_to_password", "there is no keyfile to fall back from",
                 "set key_file or key_file_device")
+        if lk.tpm2 and (lk.key_file or lk.key_file_device):
+            add(f"luks[{i}].tpm2", "tpm2 and a keyfile exclude each other",
+                "unlock with the TPM (the passphrase as fallback) or with a keyfile")
+        if not lk.tpm2 and (lk.tpm2_pin or lk.tpm2_pcrs != (7,)):
+            add(f"luks[{i}].{'tpm2_pin' if lk.tpm2_pin else 'tpm2_pcrs'}",
+                "has no effect without tpm2 = true", "set tpm2 = true or drop it")
     # a device on /dev/mapper/X names a [[luks]] entry, unless another feature makes X
     # (not when a name is missing or bad: that problem is reported already)
     for key, ref in report.references if all(lk.name for lk in volumes) else ():
@@ -213,6 +253,11 @@ def contribute(host: Host, ctx: Context) -> Contribution:
             secrets.append(HostFile(lk.header, target=header_path(lk), mode=0o400, secret=True,
                                     setting=f"luks[{i}].header", max_size=HEADER_LIMIT))
     modules = tuple(Module(m) for m in MODULES)
+    tpm = any(lk.tpm2 for lk in LUKS.of(host))
+    if tpm:
+        modules += tuple(Module(m, reason="luks.tpm2") for m in TPM_MODULES)
+    libraries = tuple(Library(lib, reason="luks.tpm2") for lib in (TOKEN_PLUGIN, *TSS2)
+                      ) if tpm else ()
     if ctx.flavor == "systemd":
         crypttab = "".join(crypttab_line(lk) + "\n" for lk in LUKS.of(host))
         return Contribution(
@@ -229,12 +274,16 @@ def contribute(host: Host, ctx: Context) -> Contribution:
             symlinks=(Symlink(f"{UNIT_DIR}/sysinit.target.wants/cryptsetup.target",
                               "../cryptsetup.target"),),
             modules=modules,
+            libraries=libraries,
         )
     return Contribution(
         programs=(Program("/usr/sbin/cryptsetup"),),
+        libraries=libraries,
         files=tuple(secrets),
         hooks=(Hook("pre-mount", "scripts-legacy/luks.sh.j2",
-                    view={"devices": [luks_view(lk) for lk in LUKS.of(host)]},
+                    view={"devices": [luks_view(lk) for lk in LUKS.of(host)], "tpm2": tpm,
+                          "token_timeout": TOKEN_TIMEOUT,
+                          "all_consoles": "console" in ctx.features},
                     after=ctx.after([lk.device for lk in LUKS.of(host)], "luks")),),
         modules=modules,
     )

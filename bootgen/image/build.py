@@ -17,10 +17,11 @@ from pathlib import Path
 
 from ..config.schema import Host
 from ..config.settings import check_kernel_version
-from ..errors import BootgenError, Problems, UsageError, raise_all
+from ..errors import BootgenError, BuildError, Problems, UsageError, raise_all
+from ..features.uki import UKI
 from ..paths import Output, check_outputs, write_outputs
 from ..progress import Progress, Steps
-from . import kmod
+from . import kmod, uki
 from .cache import DirCache
 from .check import Checked, check
 from .manifest import dumps, manifest
@@ -40,6 +41,7 @@ class BuildResult:
     seconds: float
     checked: Checked
     step_seconds: tuple[tuple[str, float], ...]
+    uki: bytes | None = None  # the unified kernel image, when one was asked for
 
 
 def kernel_version(host: Host, override: str | None = None, root: str = "/") -> str:
@@ -96,12 +98,13 @@ def inputs(host: Host, image: Image | None = None) -> list[str]:
     return found
 
 
-def outputs(output: Path | None, manifest_path: Path | None, secrets_out: Path | None
-            ) -> list[Output]:
+def outputs(output: Path | None, manifest_path: Path | None, secrets_out: Path | None,
+            uki_output: Path | None = None) -> list[Output]:
     """The files a build writes, in the order they are renamed into place: secrets and
-    manifest before the image (an image is never there without them)."""
+    manifest before the images (an image is never there without them)."""
     planned = [Output("--secrets-out", secrets_out, mode=0o600) if secrets_out else None,
                Output("--manifest", manifest_path) if manifest_path else None,
+               Output("--uki", uki_output) if uki_output else None,
                Output("-o", output) if output else None]
     return [o for o in planned if o is not None]
 
@@ -114,15 +117,23 @@ def build(
     kver: str | None = None,
     manifest_path: Path | None = None,
     secrets_out: Path | None = None,
+    uki_output: Path | None = None,
     progress: Progress | None = None,
     root: str = "/",
     force: bool = False,
 ) -> BuildResult:
-    """Build, check and write the image (and its manifest and secrets). Output paths are
-    checked before anything is built (bootgen.paths.check_outputs), and written all or none."""
+    """Build, check and write the image (and its manifest and secrets). `output` is the
+    initrd, or the UKI with `[boot] output = "uki"`; `uki_output` writes a UKI as well. Output
+    paths are checked before anything is built (bootgen.paths.check_outputs), and written all
+    or none."""
     start = time.perf_counter()
     steps = Steps(progress)
-    planned = outputs(output, manifest_path, secrets_out)
+    if host.boot.output == "uki":
+        if uki_output is not None and output is not None:
+            raise UsageError("the description's boot.output is uki: -o writes the UKI",
+                             hint="give -o or --uki, not both")
+        output, uki_output = None, uki_output or output
+    planned = outputs(output, manifest_path, secrets_out, uki_output)
     check_outputs(planned, inputs(host), force=force)
     image = assemble(host, flavor=flavor, kver=kver, root=root, steps=steps)
     spec = image.spec
@@ -142,13 +153,32 @@ def build(
                                if e.kind == "file"},
                         links={e.path: e.target or "" for e in public if e.kind == "symlink"})
     sha = hashlib.sha256(data).hexdigest()
+    efi = None
+    if uki_output is not None:
+        with steps.step("assembling the unified kernel image"):
+            efi = uki.make(host, uki_initrd(host, packed, secrets_out), spec.kver, root=root)
     if planned:
-        with steps.step(f"writing {output}"):
-            content = {"-o": data, "--secrets-out": packed.secrets,
+        with steps.step(f"writing {output if output is not None else uki_output}"):
+            private = bool(packed.secrets) and not secrets_out
+            content = {"-o": data, "--secrets-out": packed.secrets, "--uki": efi or b"",
                        "--manifest": dumps(manifest(image, packed, sha)).encode()}
-            mode = {"-o": 0o600 if packed.secrets and not secrets_out else 0o644}
+            mode = {"-o": 0o600 if private else 0o644,
+                    "--uki": 0o600 if private and UKI.of(host).secrets else 0o644}
             write_outputs([dataclasses.replace(o, data=content[o.option],
                                                mode=mode.get(o.option, o.mode))
                            for o in planned], inputs(host, image), force=force)
-    return BuildResult(output, image, packed, sha, time.perf_counter() - start, checked,
-                       tuple(steps.times))
+    return BuildResult(output if output is not None else uki_output, image, packed, sha,
+                       time.perf_counter() - start, checked, tuple(steps.times), efi)
+
+
+def uki_initrd(host: Host, packed: Packed, secrets_out: Path | None) -> bytes:
+    """The initrd a UKI carries: the public part, and the secrets when [uki] secrets = true
+    and they are not written apart."""
+    if not packed.secrets or secrets_out is not None:
+        return packed.public
+    if not UKI.of(host).secrets:
+        raise BuildError("the image has secrets (keyfiles, host keys), which the UKI leaves "
+                         "out by default", location=f"{host.source}: uki.secrets",
+                         hint="write them apart with --secrets-out, or set uki.secrets = true "
+                         "to embed them")
+    return packed.data

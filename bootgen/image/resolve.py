@@ -9,6 +9,7 @@ to it (feature, program, library).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import re
 import stat
@@ -19,7 +20,7 @@ from ..errors import BootgenError, BuildError, UsageError, raise_all
 from ..features.api import Generated, HostFile, Program
 from ..paths import check_regular, read_regular
 from ..run import run
-from . import elf, hostfs, kmod
+from . import elf, hostfs, keymap, kmod
 from .spec import HOST_LIMIT, Entry, Image, ImageSpec
 
 Chain = tuple[str, ...]
@@ -189,6 +190,15 @@ def _file(spec: ImageSpec, f: HostFile, c: _Collector, root: str, warnings: list
 
 def _convert(path: str, how: str) -> bytes:
     """Transform a host file while reading it (a scratch file in a private temp dir)."""
+    if how == "gunzip":
+        try:
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        except (OSError, EOFError) as e:
+            raise BuildError(f"cannot unpack {path}: {e}") from None
+    if how == "keymap" or how.startswith("keymap:"):  # an XKB symbols file → binary keymap
+        variant = how.partition(":")[2] or None
+        return keymap.compile_keymap(os.path.basename(path), variant)
     if how != "dropbear-key":
         raise ValueError(f"unknown conversion {how!r}")
     with tempfile.TemporaryDirectory(prefix="bootgen-key-") as tmp:

@@ -1,4 +1,5 @@
-"""Reading images: list any newc initrd (ours, dracut's, Debian's) and diff two of them.
+"""Reading images: list any newc initrd (ours, dracut's, Debian's) or unified kernel image
+(its sections, then the initrd inside), and diff two of them.
 
 An image is read only when it is a regular file, and unpacks to BOOTGEN_MAX_UNPACKED bytes at
 most (default 2 GiB): a FIFO, /dev/zero or a compression bomb fail at once with one line. Names
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..archive import compress
 from ..archive.cpio import Member, member_path
 from ..errors import BootgenError, UsageError, printable
+from ..image import uki
 from ..paths import env_size, read_regular
 
 SUSPICIOUS = "   (!) outside /: unpacks elsewhere or not at all"
@@ -27,18 +29,70 @@ def max_unpacked() -> int:
     return env_size(compress.MAX_UNPACKED_ENV, compress.MAX_UNPACKED)
 
 
-def read(path: Path) -> list[compress.Segment]:
-    """The segments of an image file; UsageError naming the file when it cannot be read."""
-    limit = max_unpacked()
-    data = read_regular(path, limit=limit, error=UsageError)
+def _bytes(path: Path) -> bytes:
+    data = read_regular(path, limit=max_unpacked(), error=UsageError)
     if not data:
         raise UsageError("empty file, not an initrd", location=str(path))
+    return data
+
+
+def _segments(data: bytes, path: Path) -> list[compress.Segment]:
     try:
-        return compress.read_image(data, limit)
+        return compress.read_image(data, max_unpacked())
     except BootgenError as e:
         where = f"{e.location}" if e.location and e.location != "initrd" else ""
         raise UsageError(f"{where + ': ' if where else ''}{e.message}", location=str(path),
                          hint=e.hint) from None
+
+
+def _uki(data: bytes, path: Path) -> uki.Uki:
+    try:
+        return uki.read(data, str(path))
+    except BootgenError as e:
+        raise UsageError(e.message, location=str(path)) from None
+
+
+def read(path: Path) -> list[compress.Segment]:
+    """The segments of an initrd, or of the initrd inside a unified kernel image; UsageError
+    naming the file when it cannot be read."""
+    data = _bytes(path)
+    if uki.is_pe(data):
+        parts = _uki(data, path)
+        if ".initrd" not in parts.payloads:
+            raise UsageError("this EFI image has no .initrd section", location=str(path))
+        data = parts.payloads[".initrd"]
+    return _segments(data, path)
+
+
+def uki_lines(parts: uki.Uki) -> list[str]:
+    """What a UKI holds: its sections, the text ones shown, signature and PCR 11."""
+    pe = parts.pe
+    lines = [f"== unified kernel image: {len(pe.sections)} sections, "
+             + (f"signed ({pe.security[1]} bytes of signatures)" if pe.signed else "unsigned")]
+    for s in pe.sections:
+        lines.append(f"  {s.name:<9} {s.virtual_size:>10} bytes at 0x{s.virtual_address:08x}")
+    for name, label in ((".uname", "uname"), (".cmdline", "cmdline")):
+        if name in parts.payloads:
+            lines.append(f"  {label:<9} {parts.text(name)}")
+    osrel = dict(line.split("=", 1) for line in parts.text(".osrel").splitlines()
+                 if "=" in line)
+    if osrel:
+        name = osrel.get("PRETTY_NAME", osrel.get("NAME", "?")).strip('"')
+        lines.append(f"  {'os':<9} {name}")
+    lines.append(f"  {'pcr11':<9} sha256 {uki.pcr11(parts.payloads)} (systemd-stub 252)")
+    return lines
+
+
+def ls_any(path: Path) -> list[str]:
+    """`bootgen ls`: an initrd's segments, or a UKI's sections and then its initrd."""
+    data = _bytes(path)
+    if not uki.is_pe(data):
+        return ls_lines(_segments(data, path))
+    parts = _uki(data, path)
+    lines = uki_lines(parts)
+    if ".initrd" in parts.payloads:
+        lines += ls_lines(_segments(parts.payloads[".initrd"], path))
+    return lines
 
 
 def mode_string(mode: int) -> str:

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import select
+import socket
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ TAIL_LINES = 40  # console lines quoted in a BootError
 QUIT_KEYS = b"\x01x"  # Ctrl-a x: the mux chardev's "quit qemu"
 TIMEOUT_ENV = "BOOTGEN_TIMEOUT_MULTIPLIER"
 KVM_PROBE_TIMEOUT = 5.0
+_KEY = re.compile(r"[a-z0-9_]+(-[a-z0-9_]+)*")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _VIRT_FLAGS = re.compile(r"^flags\s*:.*\b(vmx|svm)\b", re.MULTILINE)
 _ANSI = re.compile(
@@ -65,8 +67,18 @@ class PortForward:
 
 
 @dataclass(frozen=True)
+class Firmware:
+    """UEFI firmware in two flash chips: the code (read-only) and a writable copy of a
+    variable store (one per boot). `secure`: the SMM-protected flash Secure Boot needs."""
+
+    code: str
+    vars: str
+    secure: bool = False
+
+
+@dataclass(frozen=True)
 class QemuConfig:
-    kernel: str
+    kernel: str | None  # None: the firmware boots from a disk (a UKI on an ESP)
     initrd: str | None
     append: str  # kernel command line, passed through as given (see boot_append)
     drives: tuple[Drive, ...] = ()
@@ -77,6 +89,10 @@ class QemuConfig:
     mac: str = "52:54:00:12:34:56"
     forwards: tuple[PortForward, ...] = ()
     qemu: str = "qemu-system-x86_64"
+    firmware: Firmware | None = None  # None: QEMU's default BIOS (SeaBIOS)
+    machine: str | None = None  # None: QEMU's default ("pc"); "q35" for UEFI boots
+    tpm_socket: str | None = None  # control socket of a running swtpm: a TPM 2.0 (TIS)
+    monitor_socket: str | None = None  # a second monitor (HMP) on this unix socket: send_keys
     extra: tuple[str, ...] = ()  # appended last
 
 
@@ -164,9 +180,25 @@ def qemu_argv(cfg: QemuConfig, *, kvm: bool) -> list[str]:
         "-serial", "chardev:con0", "-mon", "chardev=con0,mode=readline",
     ]  # fmt: skip
     argv += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg"]
-    argv += ["-m", str(cfg.memory_mb), "-smp", str(cfg.cpus), "-kernel", cfg.kernel]
-    argv += ["-initrd", cfg.initrd] if cfg.initrd is not None else []
-    argv += ["-append", cfg.append]
+    fw = cfg.firmware
+    if cfg.machine is not None or fw is not None:
+        machine = cfg.machine or "q35"
+        argv += ["-machine", f"{machine},smm=on" if fw is not None and fw.secure else machine]
+    if fw is not None:
+        if fw.secure:
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,file={_opt(fw.code)},readonly=on",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={_opt(fw.vars)}"]
+    argv += ["-m", str(cfg.memory_mb), "-smp", str(cfg.cpus)]
+    if cfg.kernel is not None:
+        argv += ["-kernel", cfg.kernel]
+        argv += ["-initrd", cfg.initrd] if cfg.initrd is not None else []
+        argv += ["-append", cfg.append]
+    if cfg.monitor_socket is not None:
+        argv += ["-monitor", f"unix:{_opt(cfg.monitor_socket)},server=on,wait=off"]
+    if cfg.tpm_socket is not None:
+        argv += ["-chardev", f"socket,id=chrtpm,path={_opt(cfg.tpm_socket)}",
+                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
     argv += _drive_args(cfg.drives)
     if cfg.net or cfg.forwards:
         netdev = ["user", "id=n0"]
@@ -447,6 +479,28 @@ class Machine:
             child.send(text.encode())
         except OSError as e:
             raise self._failure(f"cannot write to the console: {e}") from e
+
+    def send_keys(self, keys: Sequence[str], delay: float = 0.1) -> None:
+        """Press keys on the emulated keyboard (QEMU key names: "a", "shift-7", "ret"), one
+        at a time, through the monitor on `cfg.monitor_socket`. Keys go to the VGA/VT console,
+        through the guest's keymap; the serial console never sees them."""
+        if self.cfg.monitor_socket is None:
+            raise UsageError(f"{self.name}: no monitor socket to type with",
+                             hint="set QemuConfig.monitor_socket")
+        for key in keys:
+            if not _KEY.fullmatch(key):
+                raise UsageError(f"{key!r} is not a QEMU key name", hint="e.g. a, shift-7, ret")
+        self._running()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mon:
+                mon.settimeout(10)
+                mon.connect(self.cfg.monitor_socket)
+                for key in keys:
+                    mon.sendall(f"sendkey {key}\n".encode())
+                    time.sleep(delay)
+                time.sleep(0.2)  # let QEMU read the last command before the socket closes
+        except OSError as e:
+            raise self._failure(f"cannot type through the monitor: {e}") from e
 
     def wait_for_exit(self, timeout: float) -> int:
         """Wait for qemu to exit by itself (scaled timeout); return its exit status."""

@@ -12,17 +12,24 @@ import functools
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import paths
 from ..config.schema import Host
-from ..errors import BootError, BootgenError
+from ..errors import BootError, BootgenError, UsageError
+from ..features.console import CONSOLE
+from ..features.console import KEYMAP as KEYMAP_PATH
+from ..features.uki import UKI
+from ..image import keymap
 from ..image.build import BuildResult, build, kernel_version
 from ..progress import Progress
-from . import disks, qemu, timeline
+from . import disks, firmware, qemu, timeline, tpm
 from .diskbuild import build_disks
 from .luksdisk import TEST_PASSPHRASE
 from .stack import needs_helper
@@ -34,10 +41,19 @@ RESULT = re.compile(r"BOOTGEN-RESULT token=(\S+) disk=(\S+) init=(\S+) root=(\S+
 # (whole lines only: a line cut mid-transfer must not match)
 # Lines that mean stage one gave up: stop waiting for the full timeout.
 FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
-          r"You are in emergency mode.*", r"Cannot open access to console.*")
+          r"You are in emergency mode.*", r"Cannot open access to console.*",
+          *firmware.REFUSED)
+REFUSED = re.compile("|".join(firmware.REFUSED))
 BREAK = r"bootgen: break at (\S+)"
 # Passphrase prompts of both flavours (the scripted init; systemd-tty-ask-password-agent).
 PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for disk[^\n]*")
+PIN_PROMPT = re.compile(r"enter the TPM2 PIN for \S+|Please enter TPM2 PIN:")
+# How a boot of a description with TPM2 volumes goes: the TPM unlocks them without a prompt;
+# enrolled against other PCR values, the TPM refuses and the passphrase is asked; no TPM at
+# all, the passphrase is asked after a bounded wait; a signed UKI booted with Secure Boot
+# turned off changes PCR 7, the TPM refuses and the passphrase is asked.
+TPM_MODES = ("unlock", "changed", "absent", "secure-boot-off")
+TYPING_DELAY = 1.5  # seconds between a prompt on the serial line and typing on the VT
 
 
 
@@ -56,6 +72,7 @@ class BootResult:
     tail: tuple[str, ...] = ()  # last console lines, for failures
     prompts: int = 0  # passphrase prompts answered on the console
     spans: tuple[timeline.Span, ...] = ()  # units or steps of stage one (timeline.spans)
+    variant: str = ""  # what this boot proves besides booting: "TPM unlock", "UKI", ...
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -64,7 +81,7 @@ class BootResult:
             "build_seconds": round(self.build_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "stages": {s: {"guest": m.guest, "host": m.host} for s, m in self.stages.items()},
-            "result": self.result, "prompts": self.prompts,
+            "result": self.result, "prompts": self.prompts, "variant": self.variant,
         }
 
 
@@ -81,7 +98,52 @@ def expected_init(host: Host, append: Sequence[str]) -> str:
 
 
 def kernel_params(host: Host, token: str, append: Sequence[str]) -> str:
-    return qemu.boot_append([*host.boot.kernel_params, *append, f"bootgen.token={token}"])
+    params = [*host.boot.kernel_params, *append, f"bootgen.token={token}"]
+    if CONSOLE.of(host).keymap and not any(p.startswith("console=tty") and
+                                           not p.startswith("console=ttyS") for p in params):
+        params.insert(0, "console=tty1")  # a VT to type on: the keymap applies there only
+    return qemu.boot_append(params)
+
+
+def typing_keymap(prep: Prepared) -> bytes | None:
+    """The binary keymap of the image under test when it loads one: passphrases are then typed
+    as key presses on the VT, through that keymap (None: typed on the serial console)."""
+    if prep.build is None:
+        return None
+    entry = next((e for e in prep.build.image.entries if e.path == KEYMAP_PATH), None)
+    return entry.data if entry is not None else None
+
+
+@dataclass(frozen=True)
+class UkiBoot:
+    """Boot a unified kernel image under OVMF from an ESP instead of -kernel/-initrd.
+
+    Secure Boot is enforced when the description signs ([uki] sign_key/sign_cert): the
+    variable store trusts the description's certificate (PK, KEK and db). `sign=False` leaves
+    the UKI unsigned and `tamper=True` flips a byte of its .initrd after signing: both must be
+    refused by the firmware."""
+
+    sign: bool = True
+    tamper: bool = False
+    secure_boot: bool = True  # False: the same firmware with Secure Boot off (setup mode)
+
+
+def uki_params(host: Host, token: str, append: Sequence[str]) -> list[str]:
+    """The embedded command line of a test UKI: [uki] cmdline, the test parameters."""
+    params = [*UKI.of(host).cmdline, *host.boot.kernel_params, *append, f"bootgen.token={token}"]
+    return qemu.boot_append(list(dict.fromkeys(params))).split(" ")
+
+
+def uki_machine(host: Host, prep: Prepared, workdir: Path, token: str, append: Sequence[str],
+                how: UkiBoot) -> tuple[qemu.Firmware, qemu.Drive]:
+    """The UKI of the image under test (signed as the description says, unless `how` says
+    otherwise), its ESP and the firmware for one boot."""
+    if prep.build is None:
+        raise UsageError("a UKI boot needs an image bootgen built")
+    return firmware.uki_machine(host, prep.build.packed.data, prep.build.image.spec.kver,
+                                uki_params(host, token, append), workdir, prep.flavor,
+                                sign=how.sign, tamper=how.tamper,
+                                secure_boot=how.secure_boot)
 
 
 def qemu_config(host: Host, prep: Prepared, append: str,
@@ -107,11 +169,14 @@ class Prepared:
     testroot: disks.TestRoot
     kernel: str
     build: BuildResult | None = None  # None for an image bootgen did not build
+    tpm: tpm.Enrolled | None = None  # test volumes enrolled in an emulated TPM
 
 
 def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None,
             kver: str | None = None, cache_dir: Path | None = None,
-            progress: Progress | None = None) -> Prepared:
+            progress: Progress | None = None, uki: bool = False) -> Prepared:
+    """Build the image and the test disks; with TPM2 volumes, enroll them in an emulated TPM
+    (for UKI boots under OVMF when `uki`: the bound PCRs differ between the two ways)."""
     workdir.mkdir(parents=True, exist_ok=True)
     version = kernel_version(host, kver)
     kernel = qemu.readable_kernel(kernel) if kernel else qemu.default_kernel(version)
@@ -132,35 +197,122 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
     r = build(host, output=image, flavor=flavor, kver=version,
               manifest_path=workdir / f"{flavor}.json")
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
-    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r)
+    enrolled = None
+    if any(lk.tpm2 for lk in host.luks):
+        uefi = None
+        if uki:
+            def start(initrd: bytes, params: list[str], folder: Path
+                      ) -> tuple[qemu.Firmware, qemu.Drive]:
+                return firmware.uki_machine(host, initrd, version, params, folder, "enroll")
+
+            uefi = (firmware.uefi_identity(host), start)
+        enrolled = tpm.enroll(host, built, version, kernel, progress=progress,
+                              cache=cache_dir / "tpm" if cache_dir else None, uefi=uefi)
+    return Prepared(flavor, image, len(r.packed.data), r.seconds, drives, testroot, kernel, r,
+                    enrolled)
 
 
 def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
          timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
-         passphrases: Sequence[str] = (TEST_PASSPHRASE,)) -> BootResult:
+         passphrases: Sequence[str] = (TEST_PASSPHRASE,), uki: UkiBoot | None = None,
+         tpm_mode: str = "unlock") -> BootResult:
     """Boot a prepared image once and judge the test root's verdict. Passphrase prompts are
     answered with `passphrases` in order (the last one repeats): the test disks' LUKS volumes
-    open with TEST_PASSPHRASE."""
+    open with TEST_PASSPHRASE. With `uki`, OVMF boots a unified kernel image from an ESP.
+    With TPM2 volumes (`prep.tpm`), `tpm_mode` is one of TPM_MODES: "unlock" must pass
+    without a prompt, "changed" and "absent" only after the passphrase was asked."""
+    if tpm_mode not in TPM_MODES:
+        raise UsageError(f"unknown TPM mode {tpm_mode!r}", hint=", ".join(TPM_MODES))
     token = secrets.token_hex(8)
     cfg = qemu_config(host, prep, kernel_params(host, token, append))
-    log = workdir / f"{prep.flavor}.log"
+    variant = "UKI" if uki is not None else ""
+    emulated: tpm.Swtpm | None = None
+    name = prep.flavor
+    if prep.tpm is not None and prep.tpm.uefi != (uki is not None):
+        raise UsageError("the test volumes were enrolled for " + (
+            "UKI boots" if prep.tpm.uefi else "-kernel boots") + ", this boot is not one",
+            hint="prepare(..., uki=True) for UKI boots")
+    if tpm_mode == "secure-boot-off":
+        u = UKI.of(host)
+        if uki is None or u.sign_key is None or u.sign_cert is None:
+            raise UsageError("Secure Boot can be turned off only in UKI boots of a description "
+                             "that signs", hint="set [uki] sign_key and sign_cert")
+        uki = dataclasses.replace(uki, secure_boot=False)
+    if prep.tpm is not None:
+        variant = {"unlock": "TPM unlock", "changed": "TPM refuses: other PCR values",
+                   "absent": "no TPM", "secure-boot-off": "TPM refuses: Secure Boot off"
+                   }[tpm_mode] + (", UKI" if uki is not None else "")
+        name = f"{prep.flavor}-tpm-{tpm_mode}"
+        drives = prep.tpm.changed if tpm_mode == "changed" else prep.tpm.good
+        if drives is None:
+            raise UsageError("the TPM2 volumes are bound to no PCR: no PCR value can change",
+                             hint="set tpm2_pcrs")
+        cfg = dataclasses.replace(cfg, drives=drives)
+        if tpm_mode != "absent":
+            emulated = tpm.Swtpm(prep.tpm.state, workdir / f"{name}-swtpm.log").start()
+            cfg = dataclasses.replace(cfg, tpm_socket=emulated.socket)
+    bmap = typing_keymap(prep)
+    sockets = Path(tempfile.mkdtemp(prefix="bootgen-mon-")) if bmap is not None else None
+    if sockets is not None:
+        # a VGA card: the VTs get a real console driver (vgacon), which loads fonts
+        cfg = dataclasses.replace(cfg, monitor_socket=str(sockets / "monitor.sock"),
+                                  extra=(*cfg.extra, "-device", "VGA"))
+        variant = ", ".join(v for v in (variant, f"typed on the keyboard "
+                                        f"({CONSOLE.of(host).keymap})") if v)
+    try:
+        if uki is not None:
+            fw, esp = uki_machine(host, prep, workdir, token, append, uki)
+            cfg = dataclasses.replace(cfg, kernel=None, initrd=None, append="", firmware=fw,
+                                      machine="q35", drives=(*cfg.drives, esp))
+        result = _boot(host, prep, cfg, workdir / f"{name}.log", token, append, timeout,
+                       progress, passphrases, bmap)
+    finally:
+        if emulated is not None:
+            emulated.stop()
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
+    result = dataclasses.replace(result, variant=variant)
+    if prep.tpm is not None and result.passed:
+        if tpm_mode == "unlock" and result.prompts:
+            return dataclasses.replace(result, passed=False, reason="the TPM did not unlock "
+                                       "the volume: stage one asked for the passphrase")
+        if tpm_mode != "unlock" and not result.prompts:
+            return dataclasses.replace(result, passed=False, reason="no passphrase was asked, "
+                                       "although the TPM cannot unlock the volume")
+    return result
+
+
+def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: str,
+          append: Sequence[str], timeout: float, progress: Progress | None,
+          passphrases: Sequence[str], bmap: bytes | None = None) -> BootResult:
     if progress:
         progress(f"{prep.flavor}: booting in QEMU (console log: {log})")
     reason = ""
     result: dict[str, str] = {}
-    prompts = 0
+    prompts = pins = 0
     machine = qemu.Machine(cfg, log_path=log, name=f"{prep.flavor} boot")
     try:
         machine.start()
-        waiting = "|".join([RESULT.pattern, *FAILED, PROMPT.pattern])
+        waiting = "|".join([RESULT.pattern, *FAILED, PROMPT.pattern, PIN_PROMPT.pattern])
         while True:
             m = machine.wait_for_console_text(waiting, timeout)
+            if PIN_PROMPT.fullmatch(m.group(0)) and pins < 5:
+                machine.send_console(tpm.TEST_PIN + "\n")
+                pins += 1
+                continue
             if not PROMPT.fullmatch(m.group(0)) or prompts >= 10:
                 break
-            machine.send_console(passphrases[min(prompts, len(passphrases) - 1)] + "\n")
+            answer = passphrases[min(prompts, len(passphrases) - 1)]
+            if bmap is None:
+                machine.send_console(answer + "\n")
+            else:  # the prompt shows on every console: give the VT's reader time to start
+                time.sleep(TYPING_DELAY * qemu.timeout_multiplier())
+                machine.send_keys([*keymap.keys_for(answer, bmap), "ret"])
             prompts += 1
         found = RESULT.search(m.group(0))
-        if found is None:
+        if found is None and REFUSED.fullmatch(m.group(0)):
+            reason = f"the firmware refused the image: {m.group(0).strip()}"
+        elif found is None:
             reason = f"stage one failed: {m.group(0).strip()}"
         else:
             keys = ("token", "disk", "init", "root", "mounts", "verdict", "net", "detail")
@@ -196,19 +348,35 @@ def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: s
 
 def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
            kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
-           cache_dir: Path | None = None, progress: Progress | None = None
-           ) -> list[BootResult]:
+           cache_dir: Path | None = None, progress: Progress | None = None,
+           uki: UkiBoot | None = None) -> list[BootResult]:
     """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
     work = workdir or default_workdir(host)
     if progress:
         progress(qemu.accel_line())
     prepared = [prepare(host, f, work, kernel=kernel, kver=kver, cache_dir=cache_dir,
-                        progress=progress) for f in flavors]
+                        progress=progress, uki=uki is not None) for f in flavors]
     results: list[BootResult | None] = [None] * len(prepared)
 
     def run(i: int) -> None:
-        results[i] = boot(host, prepared[i], work, append=append, progress=progress)
+        results[i] = boot(host, prepared[i], work, append=append, progress=progress, uki=uki)
 
+    def run_modes(i: int) -> list[BootResult]:
+        enrolled = prepared[i].tpm
+        u = UKI.of(host)
+        modes = ["unlock"] + (["changed"] if enrolled and enrolled.changed else []) + (
+            ["secure-boot-off"] if uki is not None and u.sign_key and u.sign_cert else [])
+        return [boot(host, prepared[i], work, append=append, progress=progress, uki=uki,
+                     tpm_mode=mode) for mode in modes]
+
+    if any(p.tpm is not None for p in prepared):
+        by_flavor: list[list[BootResult]] = [[] for _ in prepared]
+
+        def run_tpm(i: int) -> None:
+            by_flavor[i] = run_modes(i)
+
+        in_parallel([functools.partial(run_tpm, i) for i in range(len(prepared))])
+        return [r for rs in by_flavor for r in rs]
     in_parallel([functools.partial(run, i) for i in range(len(prepared))])
     return [r for r in results if r is not None]
 
