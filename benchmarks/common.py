@@ -78,6 +78,14 @@ def stats(values: Sequence[float]) -> Stats | None:
     return Stats(len(values), median(values), min(values), max(values))
 
 
+def ratio_spread(a: Stats | None, b: Stats | None) -> tuple[float, float] | None:
+    """The range a ratio of two samples can take: fastest over slowest to slowest over
+    fastest."""
+    if a is None or b is None or a.n < 2 or b.n < 2 or not b.min:
+        return None
+    return a.min / b.max, a.max / b.min
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is unknown or b is zero."""
     if a is None or b is None or b == 0:
@@ -156,16 +164,21 @@ class Target:
     limit: float
     shown: str  # the measured value as shown, e.g. "0.73 s" or "0.16×"
     note: str = ""
+    # the value's range over the runs (a ratio's: min/max and max/min of its two samples);
+    # when it straddles the limit the run cannot tell, and says so
+    spread: tuple[float, float] | None = None
 
     @property
     def verdict(self) -> str:
         if self.value is None:
             return "not measured"
+        if self.spread is not None and self.spread[0] <= self.limit < self.spread[1]:
+            return "undecided (spread overlaps the goal)"
         return "met" if self.value <= self.limit else "NOT MET"
 
     def to_json(self) -> dict[str, object]:
         return {"goal": self.goal, "value": self.value, "limit": self.limit,
-                "verdict": self.verdict, "note": self.note}
+                "spread": self.spread, "verdict": self.verdict, "note": self.note}
 
 
 def render_targets(targets: Sequence[Target], *, markdown: bool = False) -> str:

@@ -263,3 +263,28 @@ def test_trusted_unlock_interval_from_the_console() -> None:
     assert trusted.unlock_seconds("systemd", systemd) == 3.25
     assert trusted.unlock_seconds("systemd", scripted) is None
     assert trusted.unlock_seconds("scripted", scripted.splitlines()[0]) is None
+
+
+def test_verdict_needs_spreads_clear_of_the_goal() -> None:
+    a, b = common.stats([5.0, 5.2, 5.4]), common.stats([10.0, 10.5, 11.0])
+    spread = common.ratio_spread(a, b)
+    assert spread == pytest.approx((5.0 / 11.0, 5.4 / 10.0))
+    assert common.Target("x ≤ 0.6", 0.5, 0.6, "0.5", spread=spread).verdict == "met"
+    wide = common.ratio_spread(common.stats([5.0, 7.0]), b)
+    assert wide is not None and wide[0] < 0.6 < wide[1]
+    assert common.Target("x ≤ 0.6", 0.55, 0.6, "", spread=wide).verdict.startswith("undecided")
+    assert common.ratio_spread(common.stats([5.0]), b) is None  # one run: no spread to judge
+
+
+def test_storage_layouts_tell_dracut_the_root() -> None:
+    boot = _load("boot")
+    for name in ("lvm", "raid"):
+        layout = boot.LAYOUTS[name]
+        host = __import__("bootgen.description", fromlist=["load"]).load(layout.description)
+        root = next(fs for fs in host.filesystems if fs.mountpoint == "/")
+        assert f"root={root.device}" in layout.peer_params
+        r = boot.recipe("dracut-systemd", layout)
+        argv = r.argv("6.1.0-1-amd64", Path("/tmp/x.img"))
+        assert argv[-1] == "/tmp/x.img"
+        assert argv[argv.index("--add") + 1] == " ".join(layout.dracut_modules)
+        assert boot.recipe("bootgen-systemd", layout).name == "bootgen-systemd"
