@@ -154,6 +154,13 @@ def contribute(host: Host, ctx: Context) -> Contribution:
                   template="units/bootgen-init-check.service.j2"),
         Generated(f"{UNIT_DIR}/debug-shell.service.d/bootgen.conf",
                   template="units/debug-shell.conf.j2"),
+        # initrd-parse-etc queues initrd-cleanup (its isolate starts the switch to the root),
+        # ordered after initrd.target but not depending on it: when initrd.target fails late
+        # (rd.neednet=1 and no network), the queued cleanup would switch root anyway and stop
+        # the emergency target. With Requisite= it fails instead, and the emergency path stays.
+        Generated(f"{UNIT_DIR}/initrd-cleanup.service.d/bootgen.conf",
+                  content=b"# bootgen: never switch root after initrd.target failed\n"
+                          b"[Unit]\nRequisite=initrd.target\n"),
         Generated("/etc/systemd/system.conf.d/bootgen.conf", template="units/system.conf.j2",
                   view={"device_timeout": timeout}),
         Generated("/etc/systemd/journald.conf.d/bootgen.conf", template="units/journald.conf.j2"),
