@@ -253,6 +253,7 @@ def test_systemd_units_in_verification_mode() -> None:
     unit = files["/usr/lib/systemd/system/bootgen-host-verify.service"]
     assert f"ConditionKernelCommandLine={VERIFY_PARAM}" in unit
     assert "Before=initrd.target initrd-cleanup.service" in unit
+    assert "Requires=initrd-root-fs.target" in unit  # never runs after a failed root
     assert "SuccessAction=poweroff-force" in unit and "FailureAction=poweroff-force" in unit
     gen = files["/usr/lib/systemd/system-generators/bootgen-verify-generator"]
     assert "printf '[Mount]\\nOptions=%s\\n' ro,noload > \"$dir/\"sysroot.mount.d/" in gen
@@ -302,6 +303,12 @@ def test_a_failure_names_the_stage_and_what_appeared() -> None:
     assert why.startswith(f"never appeared: UUID={ROOT_UUID} (filesystems[0].device), "
                           f"LABEL={VAR_LABEL} (filesystems[1].device)")
     assert "the devices that did: vda (ext4, UUID=0000)" in why
+    layered = loads(LAYERED)
+    devices = hostverify.parse_devices(f"sda[TYPE=crypto_LUKS;PARTUUID={LUKS_PARTUUID}]")
+    assert hostverify.explain(layered, {"stage": "stage", "reason": "failed units: x"},
+                              devices, wrong=False) == (
+        "open", "not created in stage one: /dev/mapper/cryptroot (by [[luks]] 'cryptroot') "
+        "(failed units: x)")
     assert hostverify.explain(host, {"stage": "init", "reason": "init /sbin/init is not an "
                                      "executable file in the root filesystem"}, None,
                               wrong=False)[0] == "init"

@@ -41,7 +41,8 @@ def mount_units(host: Host) -> list[dict[str, str]]:
 
 def contribute(host: Host, ctx: Context) -> Contribution:
     script = Generated(VERIFY_SCRIPT, template="scripts-legacy/host-verify.sh.j2", mode=0o755,
-                       view={"init": host.boot.init, "flavor": ctx.flavor})
+                       view={"init": host.boot.init, "flavor": ctx.flavor,
+                             "mountpoints": [fs.mountpoint for fs in host.boot_filesystems]})
     if ctx.flavor != "systemd":  # the init runs the script (scripts-legacy/init.sh.j2)
         return Contribution(generated=(script,))
     view = {"param": VERIFY_PARAM, "script": VERIFY_SCRIPT}

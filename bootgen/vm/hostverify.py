@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config.schema import Host
 from ..errors import BootError, UsageError, printable
-from ..features import references
+from ..features import provided, references
 from ..features.common import VERIFY_PARAM
 from ..features.luks import LUKS
 from ..features.lvm import mapper_name
@@ -92,14 +92,24 @@ def explain(host: Host, fields: dict[str, str], devices: dict[str, dict[str, str
     """(stage, why) of a FAIL verdict."""
     why = fields.get("reason", "")
     stage = fields.get("stage", "stage")
+    refs = references(host)
+    made = provided(host, refs)
+    unmade: list[str] = []
     if devices is not None:
-        gone = [f"{ref} ({key})" for key, ref in references(host) if present(ref, devices)
-                is False]
-        if gone and not wrong:
-            return "devices", (f"never appeared: {', '.join(gone)}; the devices that did: "
+        gone = [(key, ref) for key, ref in refs
+                if ref not in made and present(ref, devices) is False]
+        unmade = sorted({f"{ref} (by {made[ref][1]})" for _, ref in refs
+                         if ref in made and present(ref, devices) is False})
+        # a filesystem inside a device that was not created cannot appear: that one is news
+        members = [g for g in gone if not g[0].startswith(hostdisks.MAY_BE_STACKED)]
+        if (members or (gone and not unmade)) and not wrong:
+            names = ", ".join(f"{ref} ({key})" for key, ref in gone)
+            return "devices", (f"never appeared: {names}; the devices that did: "
                                f"{describe_devices(devices)} ({why})")
     if wrong or "cryptsetup" in why or "unlock" in why:
         return "unlock", ("wrong passphrase: it was asked again; " if wrong else "") + why
+    if unmade:
+        return "open", f"not created in stage one: {', '.join(unmade)} ({why})"
     if "init " in why and "not an executable" in why:
         return "init", why
     if stage == "stage" and ("mount" in why or ".mount" in why):
