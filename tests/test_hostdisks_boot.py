@@ -46,11 +46,8 @@ TESTROOT_INIT_RAN = "BOOTGEN-RESULT"  # qemu/testroot-init.sh prints it whenever
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def disks(host: Host, tmp: Path) -> list[Path]:

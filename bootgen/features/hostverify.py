@@ -71,8 +71,7 @@ def contribute(host: Host, ctx: Context) -> Contribution:
 
 FEATURE = Feature(
     name="hostverify",
-    doc="Verification mode (bootgen.verify=stop-before-switch-root): check the real root "
-        "read-only and power off instead of switching to it",
+    doc="Verification mode (verify --host-disks): check the root read-only, power off",
     applies=lambda host, ctx: True,
     contribute=contribute,
 )
