@@ -179,12 +179,18 @@ def test_unreadable_disk_is_one_line_exit_2(tmp_path: Path,
         return real_open(path, *args, **kw)
 
     monkeypatch.setattr(hostdisks.os, "open", refuse)
+    monkeypatch.setattr(hostdisks.os, "geteuid", lambda: 1000)
     r = CliRunner().invoke(main, ["verify", str(host), "--disk", str(disk)])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
     assert lines[-1] == (f"error: --host-disks: cannot read {disk}: reading the disks needs "
                          f"root or the disk group (hint: {hostdisks.ACCESS_HINT})")
     assert not any("Traceback" in line for line in lines)
+    monkeypatch.setattr(hostdisks.os, "geteuid", lambda: 0)  # root kept from it: no group helps
+    r = CliRunner().invoke(main, ["verify", str(host), "--disk", str(disk)])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith(
+        f"error: --host-disks: cannot read {disk}: Permission denied, even as root (hint: ")
 
 
 def test_attach_refuses_what_is_no_disk(tmp_path: Path) -> None:

@@ -166,6 +166,11 @@ def attach(paths: Sequence[str], sys: Path = Path("/sys")) -> list[Attached]:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() == 0:
+                raise UsageError(f"cannot read {path}: {e.strerror}, even as root",
+                                 location="--host-disks", hint="a container or a security "
+                                 "module that keeps the device from you? run it on the host"
+                                 ) from e
             if e.errno in (errno.EACCES, errno.EPERM):
                 raise UsageError(f"cannot read {path}: reading the disks needs root or the "
                                  "disk group", location="--host-disks", hint=ACCESS_HINT) from e
