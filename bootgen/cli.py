@@ -266,9 +266,13 @@ def _stage_table(r: Any) -> str:
 @click.option("--disk", "disk_paths", multiple=True, metavar="PATH",
               help="Like --host-disks, with these block devices or image files instead of the "
               "lookup (repeatable).")
+@click.option("--image", "image", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --host-disks or --disk: boot this image, built before by `bootgen "
+              "build` for --flavor, instead of building it again.")
 def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
            append: tuple[str, ...], workdir: Path | None, as_uki: bool, as_json: bool,
-           timeline_path: Path | None, host_disks: bool, disk_paths: tuple[str, ...]) -> None:
+           timeline_path: Path | None, host_disks: bool, disk_paths: tuple[str, ...],
+           image: Path | None) -> None:
     """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST (or, with
     --host-disks or --disk, against this machine's own disks, read-only)."""
     import json
@@ -283,6 +287,8 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     if timeline_path is not None:
         params += TIMELINE_PARAMS
     uki = v.UkiBoot() if as_uki or desc.boot.output == "uki" else None
+    if image is not None and not (host_disks or disk_paths):
+        raise UsageError("--image needs --host-disks or --disk", location="--image")
     if host_disks or disk_paths:
         if as_uki:
             raise UsageError("--uki and --host-disks/--disk do not go together yet",
@@ -292,7 +298,7 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
         results = hostverify.host_verify(
             desc, flavors, disks=list(disk_paths) if disk_paths else None,
             workdir=workdir or v.default_workdir(desc), kernel=kernel, kver=kver, append=params,
-            progress=_progress, ask=_ask_passphrase)
+            progress=_progress, ask=_ask_passphrase, image=image)
     else:
         results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver,
                            append=params, progress=None if as_json else _progress, uki=uki)

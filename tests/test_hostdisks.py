@@ -193,6 +193,23 @@ def test_unreadable_disk_is_one_line_exit_2(tmp_path: Path,
         f"error: --host-disks: cannot read {disk}: Permission denied, even as root (hint: ")
 
 
+def test_image_option_is_checked_before_anything_boots(tmp_path: Path) -> None:
+    host = tmp_path / "host.toml"
+    host.write_text(PLAIN)
+    img = tmp_path / "i.img"
+    img.write_bytes(b"x")
+    run = CliRunner().invoke
+    r = run(main, ["verify", str(host), "--image", str(img)])
+    assert (r.exit_code, r.output.strip().splitlines()[-1]) == (
+        2, "error: --image: --image needs --host-disks or --disk")
+    r = run(main, ["verify", str(host), "--disk", str(img), "--image", str(img),
+                   "--flavor", "both"])
+    assert r.exit_code == 2 and "an image built before is of one flavour" in r.output
+    r = run(main, ["verify", str(host), "--disk", str(img), "--image", str(tmp_path / "no"),
+                   "--flavor", "scripted"])
+    assert r.exit_code == 2 and "not a readable image file" in r.output
+
+
 def test_attach_refuses_what_is_no_disk(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="neither a block device nor a regular file"):
         hostdisks.attach([str(tmp_path)])

@@ -12,6 +12,7 @@ import pytest
 
 from bootgen.config.schema import Host
 from bootgen.description import loads
+from bootgen.image.build import build
 from bootgen.vm import hostverify
 from bootgen.vm.diskbuild import build_disks
 from bootgen.vm.luksdisk import TEST_PASSPHRASE
@@ -56,7 +57,7 @@ def disks(host: Host, tmp: Path) -> list[Path]:
 
 
 def booted(host: Host, flavor: str, images: list[Path], tmp: Path,
-           answers: list[str] | None = None) -> BootResult:
+           answers: list[str] | None = None, image: Path | None = None) -> BootResult:
     """Boot in verification mode; the images must be byte for byte what they were."""
     before = [sha256(p) for p in images]
     asked: list[tuple[str, bool]] = []
@@ -66,7 +67,7 @@ def booted(host: Host, flavor: str, images: list[Path], tmp: Path,
         return (answers or [])[len(asked) - 1] if len(asked) <= len(answers or []) else None
 
     [r] = hostverify.host_verify(host, [flavor], disks=[str(p) for p in images],
-                                 workdir=tmp / "work", ask=ask)
+                                 workdir=tmp / "work", ask=ask, image=image)
     assert [sha256(p) for p in images] == before
     log = r.log.read_text(errors="replace")
     assert TESTROOT_INIT_RAN not in log, "the real root's init ran"
@@ -78,7 +79,12 @@ def booted(host: Host, flavor: str, images: list[Path], tmp: Path,
 def test_plain_disk_read_only(flavor: str, tmp_path: Path) -> None:
     host = loads(PLAIN)
     images = disks(host, tmp_path)
-    r = booted(host, flavor, images, tmp_path)
+    built = None
+    if flavor == "scripted":  # `bootgen build`, then verify that very file (--image)
+        built = tmp_path / "initrd.img"
+        build(host, output=built, flavor=flavor)
+    r = booted(host, flavor, images, tmp_path, image=built)
+    assert r.image == (built or tmp_path / "work" / f"host-{flavor}.img")
     assert r.passed, f"{r.reason}\n" + "\n".join(r.tail)
     assert r.result["verdict"] == "PASS"
     assert (r.result["root"], r.result["fstype"], r.result["init"]) == \

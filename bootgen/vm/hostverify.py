@@ -7,6 +7,7 @@ powers off. The real system's init never runs; nothing is ever written to a disk
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import secrets
 import tempfile
@@ -121,11 +122,18 @@ def host_verify(host: Host, flavors: Sequence[str], *, disks: Sequence[str] | No
                 dev: Path = Path("/dev"), sys: Path = Path("/sys"), workdir: Path,
                 kernel: str | None = None, kver: str | None = None,
                 append: Sequence[str] = (), progress: Progress | None = None,
-                ask: Ask | None = None, timeout: float = BOOT_TIMEOUT) -> list[BootResult]:
-    """Build the image of each flavour and boot it in verification mode against `disks` (paths
-    of block devices or image files) or, when None, the disks the description's devices are
-    on (`hostdisks.host_disks`). One boot at a time, each with fresh overlays."""
+                ask: Ask | None = None, timeout: float = BOOT_TIMEOUT,
+                image: Path | None = None) -> list[BootResult]:
+    """Build the image of each flavour (or take `image`, built before, of the one flavour) and
+    boot it in verification mode against `disks` (paths of block devices or image files) or,
+    when None, the disks the description's devices are on (`hostdisks.host_disks`). One boot
+    at a time, each with fresh overlays."""
     say = progress or (lambda _: None)
+    if image is not None and (len(flavors) != 1 or not image.is_file()
+                              or not os.access(image, os.R_OK)):
+        raise UsageError(f"{image}: not a readable image file" if len(flavors) == 1 else
+                         "an image built before is of one flavour", location="--image",
+                         hint="name its flavour with --flavor scripted or systemd")
     if disks is None:
         found = hostdisks.host_disks(host, dev, sys)
         for f in found.found:
@@ -153,17 +161,18 @@ def host_verify(host: Host, flavors: Sequence[str], *, disks: Sequence[str] | No
     results = []
     answers: dict[str, str] = {}
     for flavor in flavors:
-        image = workdir / f"host-{flavor}.img"
-        say(f"{flavor}: building the initrd")
-        built = build(host, output=image, flavor=flavor, kver=version,
-                      manifest_path=workdir / f"host-{flavor}.json")
+        path, seconds = image, 0.0
+        if path is None:
+            path = workdir / f"host-{flavor}.img"
+            say(f"{flavor}: building the initrd")
+            seconds = build(host, output=path, flavor=flavor, kver=version,
+                            manifest_path=workdir / f"host-{flavor}.json").seconds
         with tempfile.TemporaryDirectory(prefix="bootgen-overlays-", dir=workdir) as tmp:
             drives = hostdisks.overlays(attached, Path(tmp))
-            result = boot(host, flavor, image, kernel, drives, workdir / f"host-{flavor}.log",
+            result = boot(host, flavor, path, kernel, drives, workdir / f"host-{flavor}.log",
                           append=append, progress=progress, ask=ask, answers=answers,
                           timeout=timeout)
-        results.append(dataclasses.replace(result, image_size=len(built.packed.data),
-                                           build_seconds=built.seconds))
+        results.append(dataclasses.replace(result, build_seconds=seconds))
     return results
 
 
