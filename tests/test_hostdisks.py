@@ -20,7 +20,7 @@ from bootgen.image.plan import plan
 from bootgen.image.render import render
 from bootgen.vm import hostdisks, hostverify, qemu
 
-from .conftest import needs_tool
+from .conftest import EXAMPLES, needs_tool
 
 ROOT_UUID = "5b0e7a2c-3d4f-4e5a-8b6c-7d8e9f0a1b2c"
 VAR_LABEL = "var"
@@ -208,6 +208,22 @@ def test_image_option_is_checked_before_anything_boots(tmp_path: Path) -> None:
     r = run(main, ["verify", str(host), "--disk", str(img), "--image", str(tmp_path / "no"),
                    "--flavor", "scripted"])
     assert r.exit_code == 2 and "not a readable image file" in r.output
+
+
+def test_warnings_before_the_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk of the running machine gives a snapshot that may be inconsistent; a TPM2 volume
+    falls back to the passphrase: both said before anything is built."""
+    said: list[str] = []
+    disk = hostdisks.Attached("/dev/sdz", 1 << 30, True, "ide")
+    monkeypatch.setattr(hostdisks, "attach", lambda paths, sys: [disk])
+    host = loads((EXAMPLES / "tpm2.toml").read_text())
+    with pytest.raises(UsageError, match="kernel"):  # stops there: nothing built or booted
+        hostverify.host_verify(host, ["systemd"], disks=["/dev/sdz"], workdir=tmp_path,
+                               kver="no/such", progress=said.append)
+    assert said == ["warning: " + hostverify.IN_USE.format(path="/dev/sdz"),
+                    "[[luks]] 'cryptroot' is bound to this machine's TPM2, which cannot follow "
+                    "into the VM: stage one falls back to asking for the passphrase"]
+    assert "may be inconsistent" in said[0] and "harmless" in said[0]
 
 
 def test_attach_refuses_what_is_no_disk(tmp_path: Path) -> None:
