@@ -28,6 +28,21 @@ def _progress(msg: str) -> None:
     click.echo(f"  … {msg}", err=True)
 
 
+def _ask_passphrase(prompt: str, again: bool) -> str | None:
+    """A passphrase stage one asks for in a verification boot: typed at this terminal (not
+    echoed), or one line of standard input when that is no terminal; None: no answer."""
+    import getpass
+
+    text = printable(prompt) + (" (asked again: the last one did not open it)" if again else "")
+    if sys.stdin.isatty():
+        try:
+            return getpass.getpass(f"  … {text} ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line.rstrip("\n") if line else None
+
+
 def _one_line(e: BaseException) -> BootgenError | None:
     """The BootgenError an unexpected exception from deep code stands for, or None (a bug)."""
     if isinstance(e, OSError):
@@ -243,10 +258,23 @@ def _stage_table(r: Any) -> str:
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw every unit (systemd) or step (scripted) of stage one as SVG here "
               "(FILE-<flavour>.svg for both) and list the slowest.")
+@click.option("--host-disks", "host_disks", is_flag=True,
+              help="Boot against this machine's own disks (those the description names), "
+              "read-only behind copy-on-write overlays, in verification mode: stage one checks "
+              "the real root and powers off instead of switching to it. Needs read access to "
+              "the disks (root or the disk group).")
+@click.option("--disk", "disk_paths", multiple=True, metavar="PATH",
+              help="Like --host-disks, with these block devices or image files instead of the "
+              "lookup (repeatable).")
+@click.option("--image", "image", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --host-disks or --disk: boot this image, built before by `bootgen "
+              "build` for --flavor, instead of building it again.")
 def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
            append: tuple[str, ...], workdir: Path | None, as_uki: bool, as_json: bool,
-           timeline_path: Path | None) -> None:
-    """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST."""
+           timeline_path: Path | None, host_disks: bool, disk_paths: tuple[str, ...],
+           image: Path | None) -> None:
+    """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST (or, with
+    --host-disks or --disk, against this machine's own disks, read-only)."""
     import json
 
     from .report import steps
@@ -259,8 +287,21 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
     if timeline_path is not None:
         params += TIMELINE_PARAMS
     uki = v.UkiBoot() if as_uki or desc.boot.output == "uki" else None
-    results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver, append=params,
-                       progress=None if as_json else _progress, uki=uki)
+    if image is not None and not (host_disks or disk_paths):
+        raise UsageError("--image needs --host-disks or --disk", location="--image")
+    if host_disks or disk_paths:
+        if as_uki:
+            raise UsageError("--uki and --host-disks/--disk do not go together yet",
+                             location="--uki")
+        from .vm import hostverify
+
+        results = hostverify.host_verify(
+            desc, flavors, disks=list(disk_paths) if disk_paths else None,
+            workdir=workdir or v.default_workdir(desc), kernel=kernel, kver=kver, append=params,
+            progress=_progress, ask=_ask_passphrase, image=image)
+    else:
+        results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver,
+                           append=params, progress=None if as_json else _progress, uki=uki)
     for r in results:
         if timeline_path is None:
             break
@@ -283,6 +324,11 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
                        + (f", {r.prompts} passphrase prompt(s)" if r.prompts else ""))
             if r.stages:
                 click.echo(f"      guest uptime: {_stage_table(r)}")
+            if r.variant == "host disks" and r.passed:
+                f = r.result
+                click.echo(printable(f"      root={f.get('root')} fstype={f.get('fstype')} "
+                                     f"init={f.get('init')} os=\"{f.get('os', '')}\" "
+                                     f"mounts={f.get('mounts')}"))
             if not r.passed:
                 click.echo(f"      {r.reason}")
                 click.echo(f"      console log: {r.log}; last lines:")

@@ -17,6 +17,7 @@ from . import (
     console,
     extra,
     fsck,
+    hostverify,
     luks,
     lvm,
     mdraid,
@@ -48,6 +49,7 @@ FEATURES: tuple[Feature, ...] = (
     rescue.FEATURE,
     extra.FEATURE,
     uki.FEATURE,
+    hostverify.FEATURE,
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

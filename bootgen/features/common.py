@@ -8,8 +8,9 @@ from __future__ import annotations
 from ..config.schema import LOCKED_HINT
 from .api import Host
 
-__all__ = ["CHECKERS", "DM_RULES", "FS_MODULES", "LOCKED_HINT", "UNIT_DIR", "checked_types",
-           "device_node", "escape_name", "escape_path"]
+__all__ = ["CHECKERS", "DM_RULES", "FS_MODULES", "LOCKED_HINT", "NO_REPLAY", "UNIT_DIR",
+           "VERIFY_PARAM", "VERIFY_SCRIPT", "checked_types", "device_node", "escape_name",
+           "escape_path", "verify_options"]
 
 UNIT_DIR = "/usr/lib/systemd/system"
 # device-mapper's udev rules (dmsetup): /dev/mapper links, by-id/by-uuid links of dm devices,
@@ -40,6 +41,29 @@ CHECKERS: dict[str, tuple[str, ...]] = {
     "vfat": ("/usr/sbin/fsck.vfat",),
     "f2fs": ("/usr/sbin/fsck.f2fs",),
 }
+
+
+# Verification mode (`bootgen verify --host-disks`): with this parameter on the kernel command
+# line, stage one mounts everything read-only without replaying journals, checks the real root
+# with VERIFY_SCRIPT, prints one verdict line and powers off instead of switching root.
+VERIFY_PARAM = "bootgen.verify=stop-before-switch-root"
+VERIFY_SCRIPT = "/usr/lib/bootgen/host-verify"
+# fstype -> the mount option that keeps a read-only mount from replaying its journal or log
+NO_REPLAY: dict[str, str] = {
+    "ext3": "noload",
+    "ext4": "noload",
+    "xfs": "norecovery",
+    "btrfs": "rescue=nologreplay",
+    "f2fs": "norecovery",
+}
+
+
+def verify_options(fstype: str, options: tuple[str, ...] | list[str]) -> list[str]:
+    """Mount options of a filesystem in verification mode: the described ones without any
+    read-write or journal-replay wish, then `ro` and the type's no-replay option."""
+    drop = {"rw", "ro", "defaults", NO_REPLAY.get(fstype, "")}
+    out = [o for o in options if o not in drop]
+    return [*out, "ro", *([NO_REPLAY[fstype]] if fstype in NO_REPLAY else [])]
 
 
 def checked_types(host: Host) -> tuple[str, ...]:

@@ -8,7 +8,13 @@ by LABEL/UUID/PARTUUID/PARTLABEL with util-linux blkid.
 from __future__ import annotations
 
 from .api import Context, Contribution, Feature, Generated, Host, Program, Symlink
-from .common import LOCKED_HINT, checked_types
+from .common import (
+    LOCKED_HINT,
+    VERIFY_PARAM,
+    VERIFY_SCRIPT,
+    checked_types,
+    verify_options,
+)
 
 BUSYBOX = "/usr/bin/busybox"
 
@@ -36,7 +42,8 @@ $MODALIAS=.* 0:0 660 @modprobe -q -b "$MODALIAS"
 def filesystems_view(host: Host) -> list[dict[str, object]]:
     return [
         {"mountpoint": fs.mountpoint, "device": fs.device, "fstype": fs.fstype,
-         "options": ",".join(fs.options), "fsck": fs.fsck}
+         "options": ",".join(fs.options), "fsck": fs.fsck,
+         "verify_options": ",".join(verify_options(fs.fstype, fs.options))}
         for fs in host.boot_filesystems
     ]
 
@@ -50,6 +57,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         "shell_access": host.rescue.access,
         "locked_hint": LOCKED_HINT,
         "fsck_types": list(checked_types(host)),
+        "verify_param": VERIFY_PARAM,
+        "verify_script": VERIFY_SCRIPT,
     }
     links = [Symlink(f"/usr/bin/{a}", "busybox") for a in APPLETS_BIN]
     links += [Symlink(f"/usr/sbin/{a}", "../bin/busybox") for a in APPLETS_SBIN]

@@ -58,6 +58,10 @@ class Drive:
     serial: str | None = None  # nvme needs one: "nvme<N>" when not given
     readonly: bool = False
     snapshot: bool = False  # writes go to a temporary overlay, the image is untouched
+    # `path` is a qcow2 overlay over this disk or image, which QEMU opens read-only (driver
+    # "file", or "host_device" for a block device): every write lands in the overlay
+    backing: str | None = None
+    backing_driver: str = "file"
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,10 @@ def _check(cfg: QemuConfig) -> None:
         if d.interface not in INTERFACES:
             raise bad(f"{d.path}: unknown interface {d.interface!r}",
                       hint="use one of " + ", ".join(INTERFACES))
+        if d.backing is not None and (d.format != "qcow2" or d.snapshot or d.backing_driver
+                                      not in ("file", "host_device")):
+            raise bad(f"{d.path}: an overlay over a read-only disk is a qcow2 drive",
+                      hint="format='qcow2', backing_driver 'file' or 'host_device'")
         if d.interface == "ide" and d.readonly:
             raise bad(f"{d.path}: QEMU cannot attach a read-only IDE disk",
                       hint="use snapshot=true or another interface")
@@ -153,10 +161,17 @@ def _drive_args(drives: Sequence[Drive]) -> list[str]:
     have_scsi = False
     for i, d in enumerate(drives):
         did = f"d{i}"
-        opts = [f"file={_opt(d.path)}", f"format={d.format}", "if=none", f"id={did}"]
-        opts += ["readonly=on"] if d.readonly else []
-        opts += ["snapshot=on"] if d.snapshot else []
-        args += ["-drive", ",".join(opts)]
+        if d.backing is not None:  # the disk read-only, the overlay in front of it
+            args += ["-blockdev", f"driver={d.backing_driver},filename={_opt(d.backing)},"
+                     f"node-name={did}-disk,read-only=on",
+                     "-blockdev", f"driver=raw,file={did}-disk,node-name={did}-base,read-only=on",
+                     "-blockdev", f"driver=qcow2,node-name={did},file.driver=file,"
+                     f"file.filename={_opt(d.path)},backing={did}-base"]
+        else:
+            opts = [f"file={_opt(d.path)}", f"format={d.format}", "if=none", f"id={did}"]
+            opts += ["readonly=on"] if d.readonly else []
+            opts += ["snapshot=on"] if d.snapshot else []
+            args += ["-drive", ",".join(opts)]
         serial = d.serial if d.serial is not None or d.interface != "nvme" else f"nvme{i}"
         if d.interface == "scsi":
             if not have_scsi:
