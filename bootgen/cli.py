@@ -12,7 +12,7 @@ import click
 
 from . import __version__, description
 from .config.schema import FLAVORS
-from .errors import BootgenError
+from .errors import BootgenError, UsageError
 from .report import inspect
 
 
@@ -245,11 +245,54 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 
 
 @main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the description here (default: standard output).")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=Path("/"), show_default=True,
+              help="Read this tree (a mounted system or a captured one) instead of /.")
+@kver_option
+def detect(output: Path | None, force: bool, root: Path, kver: str | None) -> None:
+    """Describe this machine: a commented host description from /proc, /etc, sysfs and udev."""
+    from .detect.describe import detect as do_detect
+    from .paths import write_atomic
+
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists", hint="review it, or pass --force to replace it")
+    found = do_detect(root, kver)
+    for w in found.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if output is None:
+        click.echo(found.text, nl=False)
+    else:
+        write_atomic(output, found.text.encode())
+        click.echo(f"wrote {output}; review it, then: bootgen check {output} --host", err=True)
+
+
+@main.command()
 @click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
-def check(host: Path) -> None:
-    """Validate a host description without building."""
-    description.load(host)
-    click.echo(f"{host}: ok")
+@click.option("--host", "against_host", is_flag=True,
+              help="Also check it against this machine: devices, filesystem types, LUKS UUIDs, "
+              "modules of the target kernel, keyfiles, the kernel command line. Exit 1 if any "
+              "problem.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=Path("/"), show_default=True,
+              help="With --host: read this tree instead of / (sysfs, udev, /proc, /etc).")
+@kver_option
+def check(host: Path, against_host: bool, root: Path, kver: str | None) -> None:
+    """Validate a host description without building (--host: and against this machine)."""
+    desc = description.load(host)
+    if not against_host:
+        click.echo(f"{host}: ok")
+        return
+    from .detect.hostcheck import check_host
+
+    problems = check_host(desc, root, kver)
+    for p in problems:
+        click.echo(f"{host}: {p}")
+    if problems:
+        sys.exit(1)
+    click.echo(f"{host}: ok, and this machine matches it")
 
 
 @main.command()
