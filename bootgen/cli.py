@@ -295,6 +295,32 @@ def check(host: Path, against_host: bool, root: Path, kver: str | None) -> None:
     click.echo(f"{host}: ok, and this machine matches it")
 
 
+@main.command(name="install-hooks")
+@click.option("--remove", is_flag=True, help="Remove the hooks bootgen installed.")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+              show_default=True, help="Install below this folder (packaging, tests).")
+@click.option("--config", "config", default="/etc/bootgen/host.toml", show_default=True,
+              help="The description the hooks build from.")
+@click.option("--bootgen", "program", metavar="PATH",
+              help="The bootgen the hooks run (default: this one).")
+def install_hooks(remove: bool, prefix: Path, config: str, program: str | None) -> None:
+    """Rebuild the initrd when a kernel is installed: a kernel-install plugin and Debian
+    /etc/kernel hooks (the old initrd stays until the new one is complete)."""
+    from .detect import hooks
+
+    if remove:
+        gone = hooks.remove(prefix)
+        for p in gone:
+            click.echo(f"removed {p}")
+        if not gone:
+            click.echo("no bootgen hooks installed", err=True)
+        return
+    for p in hooks.install(prefix, bootgen=program, host=config):
+        click.echo(f"installed {p}")
+    if not (prefix / config.lstrip("/")).is_file():
+        click.echo(f"note: {config} does not exist yet: bootgen detect -o {config}", err=True)
+
+
 @main.command()
 @click.argument("host", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
