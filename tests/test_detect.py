@@ -188,3 +188,20 @@ def test_no_crypttab_line_asks_for_a_passphrase_with_a_warning(tmp_path: Path) -
     assert any("/dev/mapper/cryptlvm: no /etc/crypttab line" in w for w in r.warnings)
     assert tomllib.loads(r.text)["luks"] == [{"name": "cryptlvm",
                                               "device": f"UUID={LUKS_UUID}"}]
+
+
+def test_without_a_udev_database_the_probe_names_the_device(tmp_path: Path) -> None:
+    t = Tree(tmp_path)
+    t.disk("vda", 254)
+    (tmp_path / "run/udev/data/b254:0").unlink()
+    t.mounts("254:0 / / rw - ext4 /dev/vda rw")
+    probed: list[str] = []
+
+    def probe(node: str) -> dict[str, str]:
+        probed.append(node)
+        return {"ID_FS_TYPE": "ext4", "ID_FS_UUID": "236b6d23-3fe4-4c6d-bec6-78a15018ee8c"}
+
+    r = detect(tmp_path, probe=probe)
+    assert probed == ["/dev/vda"]
+    assert loads(r.text).root.device == "UUID=236b6d23-3fe4-4c6d-bec6-78a15018ee8c"
+    assert r.warnings == ()

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config.schema import FSTYPES
 from ..features.lvm import split_lv
 from . import tables
-from .sysfs import Block, Blocks, read, scan
+from .sysfs import Block, Blocks, Probe, read, scan
 
 # fstab options that are not mount options of the filesystem, or not for stage one
 DROPPED_OPTIONS = ("defaults", "auto", "noauto", "nofail", "user", "nouser", "users", "owner",
@@ -89,9 +89,9 @@ class Found:
 
 
 class _Walker:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, probe: Probe | None) -> None:
         self.root = root
-        self.blocks: Blocks = scan(root)
+        self.blocks: Blocks = scan(root, probe)
         self.found = Found(root, (read(root, "proc/sys/kernel/osrelease") or "").strip() or None)
         self.crypttab = {e.name: e for e in tables.crypttab(read(root, "etc/crypttab") or "")}
         self.seen: set[str] = set()
@@ -350,9 +350,9 @@ class _Walker:
         return ref
 
 
-def walk(root: Path) -> Found:
-    """Everything stage one must bring up on the system below `root`."""
-    w = _Walker(root)
+def walk(root: Path, probe: Probe | None = None) -> Found:
+    """Everything stage one must bring up on the system below `root` (`probe`: see scan)."""
+    w = _Walker(root, probe)
     mounts = {m.mountpoint: m for m in tables.mountinfo(read(root, "proc/self/mountinfo") or "")}
     entries = {e.file: e for e in tables.fstab(read(root, "etc/fstab") or "")}
     if "/" not in mounts:

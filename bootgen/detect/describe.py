@@ -19,6 +19,7 @@ from ..errors import BootgenError, UsageError
 from ..image import kmod
 from .chain import Found, walk
 from .emit import Document, NotExpressible
+from .sysfs import Probe
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,11 @@ def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Pa
     return d.text()
 
 
-def detect(root: Path, kver: str | None = None) -> Detected:
+def detect(root: Path, kver: str | None = None, probe: Probe | None = None) -> Detected:
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory", hint="--root takes a mounted system or "
                          "a tree captured with tools/capture-host.sh")
-    found = walk(root)
+    found = walk(root, probe)
     target, base = target_kernel(root, kver, found.running_kernel)
     warnings = list(found.warnings)
     if target is None:

@@ -21,7 +21,7 @@ from ..features.mdraid import RAID, mdadm_uuid
 from ..image import kmod
 from . import tables
 from .describe import target_kernel
-from .sysfs import Block, Blocks, inside, read, scan
+from .sysfs import Block, Blocks, Probe, inside, read, scan
 
 
 def _uuid(value: str) -> str:
@@ -29,10 +29,10 @@ def _uuid(value: str) -> str:
 
 
 class _Checker:
-    def __init__(self, host: Host, root: Path) -> None:
+    def __init__(self, host: Host, root: Path, probe: Probe | None) -> None:
         self.host = host
         self.root = root
-        self.blocks: Blocks = scan(root)
+        self.blocks: Blocks = scan(root, probe)
         self.problems: list[str] = []
 
     def add(self, key: str, what: str) -> None:
@@ -155,9 +155,11 @@ class _Checker:
                          f"(/dev/{a.name}), the description {self.host.boot.resume_device}")
 
 
-def check_host(host: Host, root: Path, kver: str | None = None) -> list[str]:
-    """Every problem between the description and the machine below `root`, one line each."""
-    c = _Checker(host, root)
+def check_host(host: Host, root: Path, kver: str | None = None,
+               probe: Probe | None = None) -> list[str]:
+    """Every problem between the description and the machine below `root`, one line each
+    (`probe`: see sysfs.scan; blkid for this machine)."""
+    c = _Checker(host, root, probe)
     if not c.blocks.by_name:
         return [f"{root}: no block devices in sys/class/block (is sysfs mounted?)"]
     c.filesystems()

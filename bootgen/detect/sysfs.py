@@ -9,12 +9,18 @@ Symlinks are followed only inside the root; a link that leaves it is treated as 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import BootgenError
+from ..run import run
 from .tables import UdevRecord, udev_record
+
+Probe = Callable[[str], dict[str, str]]  # /dev/NAME -> udev-style properties
 
 
 def read(root: Path, rel: str) -> str | None:
@@ -220,8 +226,24 @@ class Blocks:
         return out
 
 
-def scan(root: Path) -> Blocks:
+def blkid(node: str) -> dict[str, str]:
+    """udev's ID_FS_*/ID_PART_ENTRY_* properties of a device, probed by blkid (needs read
+    access to the device: root); {} when it cannot."""
+    try:
+        out = run(["blkid", "-p", "-o", "udev", node], check=False, timeout=20)
+    except BootgenError:
+        return {}
+    props = udev_record("".join(f"E:{line}\n" for line in out.stdout.decode(
+        "utf-8", errors="surrogateescape").splitlines())).properties
+    return props if out.returncode == 0 else {}
+
+
+def scan(root: Path, probe: Probe | None = None) -> Blocks:
+    """Every block device below root; `probe` fills in a device the udev database does not
+    know (no udev running, as in containers and some VMs): for this machine, blkid."""
     base = Path(os.path.realpath(root))
+    if probe is None and str(base) == "/":
+        probe = blkid
     found: dict[str, Block] = {}
     folder = base / "sys" / "class" / "block"
     try:
@@ -233,6 +255,11 @@ def scan(root: Path) -> Blocks:
         if real is None:
             continue
         b = _block(base, name, real, base)
+        if b is not None and probe is not None and "ID_FS_TYPE" not in b.udev.properties:
+            extra = probe(f"/dev/{name}")
+            if extra:
+                props = {**extra, **b.udev.properties}
+                b = dataclasses.replace(b, udev=UdevRecord(props, b.udev.links))
         if b is not None:
             found[name] = b
     return Blocks(base, found)
