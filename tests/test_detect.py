@@ -137,6 +137,8 @@ def test_lvm_on_luks_with_a_keyfile_by_path_and_a_hostile_mount_point(tmp_path: 
     assert data["filesystems"][0] == {"mountpoint": "/", "device": "/dev/vg-sys/root",
                                       "fstype": "ext4", "options": ["ro", "errors=remount-ro"]}
     assert data["filesystems"][1]["mountpoint"] == HOSTILE_DIR
+    assert any(line.startswith('# /srv/we"ird \\dir\\n[boot]: xfs on /dev/vdb1')
+               for line in r.text.splitlines())
     assert data["filesystems"][1]["options"] == ["noatime"]
     assert data["boot"]["kernel_params"] == ["console=tty0", "console=ttyS0,115200"]
     assert set(data) == {"boot", "kernel", "luks", "lvm", "filesystems", "rescue"}

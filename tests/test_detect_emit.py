@@ -49,6 +49,7 @@ def test_a_document_with_hostile_values_and_notes_has_only_its_own_keys() -> Non
     d.set("mountpoint", HOSTILE[3])
     d.set("needed_for_boot", True)
     d.set("count", 3)
+    assert d.lines[0] == "# header\\n[injected]\\nkey = 1"
     data = tomllib.loads(d.text())
     assert data == {"boot": {"kernel_params": HOSTILE},
                     "filesystems": [{"mountpoint": HOSTILE[3], "needed_for_boot": True,

@@ -74,8 +74,8 @@ class Document:
         self.lines: list[str] = []
 
     def comment(self, text: str = "") -> None:
-        for line in text.split("\n"):
-            self.lines.append(("# " + comment_text(line)).rstrip())
+        """One comment line; a line break in `text` shows as \\n."""
+        self.lines.append(("# " + comment_text(text)).rstrip())
 
     def blank(self) -> None:
         if self.lines and self.lines[-1] != "":

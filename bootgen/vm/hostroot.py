@@ -200,6 +200,9 @@ def system_script(host: Host, passphrase: str) -> str:
                        for md in RAID.of(host))
         conf = _q("DEVICE partitions containers\n" + conf)
         lines.append(f"printf '%s' {conf} > /run/mdadm/mdadm.conf")
+        # udev's incremental assembly (the host's rules, without this conf) may have started
+        # the arrays under other names, holding the members: stop them, assemble by the conf
+        lines.append("mdadm --stop --scan || :")
         lines.append("mdadm --assemble --scan --config=/run/mdadm/mdadm.conf || :")
         lines.append("udevadm settle --timeout=60")
     lines.append("lvm vgchange -ay --config 'devices { use_devicesfile = 0 }' || :")
