@@ -207,3 +207,14 @@ def test_without_a_udev_database_the_probe_names_the_device(tmp_path: Path) -> N
     assert probed == ["/dev/vda"]
     assert loads(r.text).root.device == "UUID=236b6d23-3fe4-4c6d-bec6-78a15018ee8c"
     assert r.warnings == ()
+
+
+def test_a_driver_without_a_module_is_built_in_and_not_listed(tmp_path: Path) -> None:
+    t = Tree(tmp_path)
+    t.disk("vda", 254, {"ID_FS_TYPE": "ext4", "ID_FS_UUID": "1234-abcd"})
+    (tmp_path / "sys/bus/pci/drivers/virtio-pci/module").unlink()
+    t.mounts("254:0 / / rw - ext4 /dev/vda rw")
+    r = detect(tmp_path)
+    assert "virtio_pci" not in loads(r.text).kernel.modules
+    assert "# built into the running kernel: virtio-pci" in r.text.splitlines()
+    assert r.warnings == ()

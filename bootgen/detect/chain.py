@@ -84,6 +84,7 @@ class Found:
     resume_offset: int | None = None
     swaps: list[str] = field(default_factory=list)  # active swap not used for resume
     drivers: dict[str, list[str]] = field(default_factory=dict)  # module -> why
+    builtin: list[str] = field(default_factory=list)  # drivers built into the running kernel
     console: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -282,9 +283,12 @@ class _Walker:
         if not b.drivers:
             self.warn(f"/dev/{b.name}: no driver found in sysfs for it")
         for d in b.drivers:
-            module = d.module or d.driver.replace("-", "_")
+            if d.module is None:  # no module link: built into the running kernel
+                if d.driver not in self.found.builtin:
+                    self.found.builtin.append(d.driver)
+                continue
             why = f"{d.driver} driver of {d.device.rsplit('/', 1)[-1]} (under /dev/{b.name})"
-            reasons = self.found.drivers.setdefault(module, [])
+            reasons = self.found.drivers.setdefault(d.module, [])
             if why not in reasons:
                 reasons.append(why)
 

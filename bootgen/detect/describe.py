@@ -88,6 +88,8 @@ def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Pa
               + (f"; modules checked against {kver}" if kver else ""))
     for name, why in mods:
         d.comment(f"{name}: {why}")
+    if found.builtin:
+        d.comment(f"built into the running kernel: {', '.join(found.builtin)}")
     d.set("modules", [m for m, _ in mods])
 
     for lk in found.luks:
