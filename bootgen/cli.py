@@ -250,7 +250,8 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=Path("/"), show_default=True,
-              help="Read this tree (a mounted system or a captured one) instead of /.")
+              help="Read this tree instead of /: one captured by tools/capture-host.sh "
+              "(--mounted DIR captures a system mounted at DIR, as an installer sees it).")
 @kver_option
 def detect(output: Path | None, force: bool, root: Path, kver: str | None) -> None:
     """Describe this machine: a commented host description from /proc, /etc, sysfs and udev."""

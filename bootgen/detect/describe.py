@@ -143,8 +143,8 @@ def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Pa
 
 def detect(root: Path, kver: str | None = None, probe: Probe | None = None) -> Detected:
     if not root.is_dir():
-        raise UsageError(f"{root} is not a directory", hint="--root takes a mounted system or "
-                         "a tree captured with tools/capture-host.sh")
+        raise UsageError(f"{root} is not a directory", hint="--root takes a tree captured with "
+                         "tools/capture-host.sh")
     found = walk(root, probe)
     target, base = target_kernel(root, kver, found.running_kernel)
     warnings = list(found.warnings)
