@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BootgenError, UsageError
+from ..features.common import CHECKERS
 from ..image import kmod
 from .chain import Found, walk
 from .emit import Document, NotExpressible
@@ -133,7 +134,7 @@ def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Pa
             d.set("options", fs.options)
         if fs.mountpoint != "/":
             d.set("needed_for_boot", True)
-        if not fs.fsck:
+        if not fs.fsck and fs.fstype in CHECKERS:
             d.set("fsck", False, "pass number 0 in /etc/fstab")
     d.table("rescue")
     d.comment("a rescue shell when stage one fails needs a password hash (or allow_passwordless)")
