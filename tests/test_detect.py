@@ -115,6 +115,8 @@ def test_btrfs_over_two_devices_with_subvolumes(tmp_path: Path) -> None:
     host = loads(detect(tree).text)
     [pool] = host.btrfs
     assert len(pool.devices) == 2
+    profiles = {p.parent.name for p in tree.glob("sys/fs/btrfs/*/allocation/data/*/total_bytes")}
+    assert profiles == {pool.profile}
     assert {fs.device for fs in host.filesystems} == {pool.filesystem}
     subvols = {fs.mountpoint: [o for o in fs.options if o.startswith("subvol=")]
                for fs in host.filesystems}

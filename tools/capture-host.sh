@@ -9,7 +9,7 @@
 #   sys/class/block/*, sys/block/*, sys/class/net/* (symlinks kept as symlinks) and, for every
 #   device, its attributes (dev, size, partition, dm/, md/, holders/, slaves/, uevent) and those
 #   of each parent device up the chain (uevent, modalias, the driver and subsystem links, the
-#   driver's module link); sys/fs/btrfs/*/devices
+#   driver's module link); sys/fs/btrfs/*/devices and the data profile
 #   dev/disk/by-*, dev/mapper, dev/md and the /dev/<vg> folders: symlinks only
 # Nothing secret is copied: no keyfile, no key, no /etc/shadow; crypttab names keyfiles by path.
 #
@@ -94,7 +94,7 @@ for cls in /sys/class/block/* /sys/block/* /sys/class/net/*; do
 done
 [ -d /sys/class/net ] && mkdir -p "$dest/sys/class/net"
 for l in /sys/fs/btrfs/*/devices/* ; do link "$l"; done
-for f in /sys/fs/btrfs/*/label; do copy "$f"; done
+for f in /sys/fs/btrfs/*/label /sys/fs/btrfs/*/allocation/data/*/total_bytes; do copy "$f"; done
 
 # --- udev and /dev ----------------------------------------------------------------------------
 mkdir -p "$dest/run/udev/data"
