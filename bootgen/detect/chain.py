@@ -296,6 +296,9 @@ class _Walker:
 
     def filesystem(self, m: tables.Mount, entry: tables.FstabEntry | None) -> None:
         where = m.mountpoint
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in where):
+            self.warn(f"{where}: the mount point holds control characters; it is written "
+                      "escaped, but check that the units and scripts stage one gets can carry it")
         if m.fstype not in FSTYPES:
             self.warn(f"{where}: filesystem type {m.fstype!r} is not one bootgen mounts; add "
                       "it by hand")

@@ -19,7 +19,7 @@ from ..errors import BootgenError, UsageError
 from ..features.common import CHECKERS
 from ..image import kmod
 from .chain import Found, walk
-from .emit import Document, NotExpressible
+from .emit import Document, NotExpressible, comment_text
 from .sysfs import Probe
 
 
@@ -159,4 +159,5 @@ def detect(root: Path, kver: str | None = None, probe: Probe | None = None) -> D
     except NotExpressible as e:
         raise UsageError(f"cannot write the description: {e}",
                          hint="rename the device, volume or mount point to UTF-8") from None
-    return Detected(text, tuple(warnings), found)
+    # one line each, whatever the names in them hold
+    return Detected(text, tuple(comment_text(w) for w in warnings), found)
