@@ -137,3 +137,19 @@ def luks_lvm_tree(root: Path, *, keyfile: str | None = "/etc/keys/root key") -> 
     t.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/mapper/vg--sys-root ro "
             "console=tty0 console=ttyS0,115200\n")
     return t
+
+
+def uplink(t: Tree, name: str = "en\"p1s0", mac: str = "52:54:00:12:34:56") -> None:
+    """A NIC with the default route: virtio_net on PCI, /proc/net/route."""
+    pci = f"sys/devices/pci0000:00/0000:00:{t.pci:02x}.0"
+    t.pci += 1
+    folder = f"{pci}/virtio9/net/{name}"
+    t.write(f"{folder}/address", mac + "\n")
+    t.link(f"{folder}/device", "../../../virtio9")
+    t.link(f"{pci}/virtio9/driver", "../../../../bus/virtio/drivers/virtio_net")
+    t.link("sys/bus/virtio/drivers/virtio_net/module", "../../../../module/virtio_net")
+    t.link(f"sys/class/net/{name}", f"../../{folder.removeprefix('sys/')}")
+    t.write("proc/net/route",
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+            f"{name}\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+            f"{name}\t00000000\t0202000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n")

@@ -18,7 +18,15 @@ from bootgen.detect.tables import crypttab, fstab, mountinfo, udev_record
 from bootgen.image import kmod
 
 from .conftest import KVER
-from .detect_trees import HOSTILE_DIR, LUKS_UUID, Tree, available, captured, luks_lvm_tree
+from .detect_trees import (
+    HOSTILE_DIR,
+    LUKS_UUID,
+    Tree,
+    available,
+    captured,
+    luks_lvm_tree,
+    uplink,
+)
 
 LAYOUTS = available()
 
@@ -221,3 +229,24 @@ def test_a_driver_without_a_module_is_built_in_and_not_listed(tmp_path: Path) ->
     assert "virtio_pci" not in loads(r.text).kernel.modules
     assert "# built into the running kernel: virtio-pci" in r.text.splitlines()
     assert r.warnings == ()
+
+
+def test_with_luks_a_commented_network_for_ssh_unlock(tmp_path: Path) -> None:
+    t = luks_lvm_tree(tmp_path, keyfile=None)
+    uplink(t)
+    text = detect(tmp_path).text
+    assert "# To unlock LUKS over SSH, uncomment and review (default route via en\"p1s0, " \
+        "gateway 10.0.2.2):" in text.splitlines()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "To unlock" in line) + 1
+    end = next(i for i, line in enumerate(lines) if line.startswith("# and add"))
+    live = tomllib.loads("\n".join(line.removeprefix("#").strip() for line in lines[start:end]))
+    assert live["network"]["interfaces"] == [{"mac": "52:54:00:12:34:56", "dhcp": True}]
+    assert "# and add virtio_net (driver of en\"p1s0) to kernel.available_modules" in text
+    assert "[network]" not in tomllib.loads(text)  # only a suggestion
+    (tmp_path / "etc/crypttab").unlink()
+    for p in (tmp_path / "sys/class/block").iterdir():
+        if p.name.startswith("dm-"):
+            p.unlink()
+    (tmp_path / "proc/self/mountinfo").write_text("20 1 263:1 / / rw - xfs /dev/vdb1 rw\n")
+    assert "To unlock" not in detect(tmp_path).text  # no LUKS, no suggestion

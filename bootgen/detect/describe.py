@@ -19,7 +19,8 @@ from ..errors import BootgenError, UsageError
 from ..features.common import CHECKERS
 from ..image import kmod
 from .chain import Found, walk
-from .emit import Document, NotExpressible, comment_text
+from .emit import Document, NotExpressible, comment_text, string
+from .network import Uplink, uplink
 from .sysfs import Probe
 
 
@@ -66,7 +67,23 @@ def modules(found: Found, kver: str | None, base: str) -> tuple[list[tuple[str, 
     return out, warnings
 
 
-def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Path) -> str:
+def suggest_network(d: Document, link: Uplink) -> None:
+    """Commented-out [network] for unlocking LUKS over SSH: values escaped as if live."""
+    d.blank()
+    d.comment(f"To unlock LUKS over SSH, uncomment and review (default route via {link.name}"
+              + (f", gateway {link.gateway}" if link.gateway else "") + "):")
+    lines = ["[network]", "enable = true", "", "[[network.interfaces]]",
+             f"mac = {string(link.mac)}" if link.mac else f"name = {string(link.name)}",
+             "dhcp = true", "", "[network.ssh]", "enable = true",
+             'authorized_keys = ["/root/.ssh/authorized_keys"]']
+    for line in lines:
+        d.comment(line)
+    if link.module:
+        d.comment(f"and add {link.module} (driver of {link.name}) to kernel.available_modules")
+
+
+def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Path,
+           link: Uplink | None = None) -> str:
     d = Document()
     d.comment(f"Host description written by `bootgen detect` from {root}"
               + (f" (running kernel {found.running_kernel})." if found.running_kernel else "."))
@@ -125,6 +142,8 @@ def render(found: Found, mods: list[tuple[str, str]], kver: str | None, root: Pa
         d.set("devices", pool.devices)
         if pool.profile:
             d.set("profile", pool.profile)
+    if found.luks and link is not None:
+        suggest_network(d, link)
     for fs in found.filesystems:
         d.table("filesystems", array=True, note=fs.note)
         d.set("mountpoint", fs.mountpoint)
@@ -155,7 +174,7 @@ def detect(root: Path, kver: str | None = None, probe: Probe | None = None) -> D
     mods, more = modules(found, target, base)
     warnings += more
     try:
-        text = render(found, mods, target, root)
+        text = render(found, mods, target, root, uplink(root))
     except NotExpressible as e:
         raise UsageError(f"cannot write the description: {e}",
                          hint="rename the device, volume or mount point to UTF-8") from None
