@@ -362,17 +362,65 @@ def shell(host: Path, flavor: str | None, stage: str, kver: str | None, kernel: 
 
 
 @main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the description here (default: standard output).")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=Path("/"), show_default=True,
+              help="Read this tree instead of /: one captured by tools/capture-host.sh "
+              "(--mounted DIR captures a system mounted at DIR, as an installer sees it).")
+@kver_option
+def detect(output: Path | None, force: bool, root: Path, kver: str | None) -> None:
+    """Describe this machine: a commented host description from /proc, /etc, sysfs and udev."""
+    from .detect.describe import detect as do_detect
+    from .paths import Output, check_outputs, write_outputs
+
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists", hint="review it, or pass --force to replace it")
+    if output is not None:
+        check_outputs([Output("-o", output)])
+    found = do_detect(root, kver)
+    for w in found.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if output is None:
+        click.echo(found.text, nl=False)
+    else:
+        write_outputs([Output("-o", output, data=found.text.encode())])
+        click.echo(f"wrote {output}; review it, then: bootgen check {output} --host", err=True)
+
+
+@main.command()
 @click.argument("host", type=HOST)
 @click.option("--flavor", type=click.Choice([*FLAVORS, "both"]),
               help="Flavour to check; 'both' checks the two (default: boot.flavor).")
+@click.option("--host", "against_host", is_flag=True,
+              help="Also check it against this machine: devices, filesystem types, LUKS UUIDs, "
+              "modules of the target kernel, keyfiles, the kernel command line. Exit 1 if any "
+              "problem.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=Path("/"), show_default=True,
+              help="With --host: read this tree instead of / (sysfs, udev, /proc, /etc).")
 @kver_option
-def check(host: Path, flavor: str | None, kver: str | None) -> None:
+def check(host: Path, flavor: str | None, against_host: bool, root: Path,
+          kver: str | None) -> None:
     """Everything a build does but packing: the description, then the programs, libraries,
-    modules and files it needs on this machine. Every problem at once; exit 2 for problems
-    of the description, 1 for what this machine lacks."""
+    modules and files it needs on this machine. Every problem at once; exit 2 for problems of
+    the description, 1 for what this machine lacks. With --host instead: the description
+    against the machine it describes (its devices, modules, keyfiles, command line), one line
+    per problem, exit 1 when any."""
+    desc = description.load(host)
+    if against_host:
+        from .detect.hostcheck import check_host
+
+        problems = check_host(desc, root, kver)
+        for p in problems:
+            click.echo(printable(f"{host}: {p}"))
+        if problems:
+            sys.exit(1)
+        click.echo(f"{host}: ok, and this machine matches it")
+        return
     from .image.build import dry_run
 
-    desc = description.load(host)
     flavors = list(FLAVORS) if flavor == "both" else [flavor or desc.boot.flavor]
     images = dry_run(desc, flavors, kver=kver)
     for image in images:
@@ -380,6 +428,32 @@ def check(host: Path, flavor: str | None, kver: str | None) -> None:
                    f"{len(image.entries)} entries)")
         for w in image.warnings:
             click.echo(printable(f"warning: {w}"), err=True)
+
+
+@main.command(name="install-hooks")
+@click.option("--remove", is_flag=True, help="Remove the hooks bootgen installed.")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+              show_default=True, help="Install below this folder (packaging, tests).")
+@click.option("--config", "config", default="/etc/bootgen/host.toml", show_default=True,
+              help="The description the hooks build from.")
+@click.option("--bootgen", "program", metavar="PATH",
+              help="The bootgen the hooks run (default: this one).")
+def install_hooks(remove: bool, prefix: Path, config: str, program: str | None) -> None:
+    """Rebuild the initrd when a kernel is installed: a kernel-install plugin and Debian
+    /etc/kernel hooks (the old initrd stays until the new one is complete)."""
+    from .detect import hooks
+
+    if remove:
+        gone = hooks.remove(prefix)
+        for p in gone:
+            click.echo(f"removed {p}")
+        if not gone:
+            click.echo("no bootgen hooks installed", err=True)
+        return
+    for p in hooks.install(prefix, bootgen=program, host=config):
+        click.echo(f"installed {p}")
+    if not (prefix / config.lstrip("/")).is_file():
+        click.echo(f"note: {config} does not exist yet: bootgen detect -o {config}", err=True)
 
 
 @main.command()

@@ -28,7 +28,7 @@ ROOMS = (
     ("config",),
     ("features",),
     ("description", "image"),
-    ("vm",),
+    ("vm", "detect"),
     ("report",),
     ("cli", "__init__"),
 )

@@ -422,3 +422,9 @@ def index_files(closure: ModuleClosure, *, root: str = "/") -> dict[str, bytes]:
         return out
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def lookup(name: str, kver: str, *, root: str = "/") -> tuple[str, list[str]]:
+    """What a module name or alias is for `kver`: ("module", [names]), ("builtin", [name]) or
+    ("unknown", [])."""
+    return _index(kver, root).lookup(name)
