@@ -17,6 +17,7 @@ umask and never get wider permissions than the file they replace.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -416,3 +417,15 @@ def locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a completely built cache directory into place, atomically: the entry appears
+    complete or not at all. When a concurrent builder was first (same content), its entry is
+    kept and `tmp` is left for the caller to remove."""
+    tmp.chmod(0o755)
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise

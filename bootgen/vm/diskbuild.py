@@ -8,7 +8,6 @@ Images are byte-reproducible except btrfs and LUKS containers (random internal i
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 from ..config.schema import Host
 from ..errors import BuildError, UsageError
 from ..features.luks import KEY_LIMIT, Luks
-from ..paths import locked, read_regular
+from ..paths import locked, publish_dir, read_regular
 from ..run import run, which
 from . import luksdisk
 from .disks import (
@@ -139,12 +138,7 @@ def _build(host: Host, specs: tuple[DiskSpec, ...], expected: tuple[str, ...], p
                 (tmp / f"{spec.name}.img").chmod(0o400 if private else 0o444)
         (tmp / "plan.json").write_text(plan + "\n")
         (tmp / "disk-id").write_text(disk_id + "\n")
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, final)  # atomic: the entry appears complete or not at all
-        except OSError as e:  # a concurrent builder was first: same content, keep its entry
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
+        publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

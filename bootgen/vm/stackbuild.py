@@ -15,10 +15,8 @@ Results are cached by content, like the userspace test disks: same plan, same di
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import stat
@@ -32,7 +30,7 @@ from ..config.schema import Host
 from ..errors import BootError, BuildError
 from ..features.luks import LUKS
 from ..image.build import build
-from ..paths import locked
+from ..paths import locked, publish_dir
 from ..run import run
 from . import luksdisk, qemu
 from .diskbuild import MKE2FS_CONF, _Ctx, _discard, _sha256_file, _stage_tree
@@ -436,12 +434,7 @@ def _build(host: Host, stack: Stack, expected: tuple[str, ...], plan: str, key: 
         (tmp / "plan.json").write_text(plan + "\n")
         (tmp / "job.sh").write_text(script)
         (tmp / "disk-id").write_text(disk_id + "\n")
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
+        publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,7 +25,6 @@ neither a TPM nor device-mapper.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import json
@@ -45,7 +44,7 @@ from ..config.schema import Host
 from ..errors import BootError, BuildError
 from ..features.luks import Luks
 from ..image import kmod
-from ..paths import cache_dir
+from ..paths import cache_dir, publish_dir
 from ..run import which
 from . import qemu
 from .disks import BuiltDisk, find_busybox
@@ -281,12 +280,7 @@ def _make(final: Path, folder: Path, key: str, built: tuple[BuiltDisk, ...],
         if progress:
             progress("enrolling the test volumes in the emulated TPM (helper VM)")
         _enroll_into(tmp, built, vols, disks, bound, pin, kver, kernel, uefi)
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
+        publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
