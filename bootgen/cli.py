@@ -233,6 +233,13 @@ boot_options = [
 ]
 
 
+clock_option = click.option(
+    "--clock", type=click.Choice(["real", "instructions"]), default="real", show_default=True,
+    help="The guest's clock. 'instructions' counts one guest nanosecond per instruction and "
+    "skips idle time (QEMU -icount, TCG): timings then measure the work stage one does, the "
+    "same on a busy or a quiet machine.")
+
+
 def _boot_options(f: Any) -> Any:
     for opt in reversed(boot_options):
         f = opt(f)
@@ -258,6 +265,7 @@ def _stage_table(r: Any) -> str:
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw every unit (systemd) or step (scripted) of stage one as SVG here "
               "(FILE-<flavour>.svg for both) and list the slowest.")
+@clock_option
 @click.option("--host-disks", "host_disks", is_flag=True,
               help="Boot against this machine's own disks (those the description names), "
               "read-only behind copy-on-write overlays, in verification mode: stage one checks "
@@ -271,8 +279,8 @@ def _stage_table(r: Any) -> str:
               "build` for --flavor, instead of building it again.")
 def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
            append: tuple[str, ...], workdir: Path | None, as_uki: bool, as_json: bool,
-           timeline_path: Path | None, host_disks: bool, disk_paths: tuple[str, ...],
-           image: Path | None) -> None:
+           timeline_path: Path | None, clock: str, host_disks: bool,
+           disk_paths: tuple[str, ...], image: Path | None) -> None:
     """Build HOST's initrd and prove it boots in QEMU against disks mirroring HOST (or, with
     --host-disks or --disk, against this machine's own disks, read-only)."""
     import json
@@ -293,6 +301,9 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
         if as_uki:
             raise UsageError("--uki and --host-disks/--disk do not go together yet",
                              location="--uki")
+        if clock != "real":
+            raise UsageError("--clock instructions is for test disks, not --host-disks/--disk",
+                             location="--clock")
         from .vm import hostverify
 
         results = hostverify.host_verify(
@@ -301,7 +312,8 @@ def verify(host: Path, flavor: str | None, kver: str | None, kernel: str | None,
             progress=_progress, ask=_ask_passphrase, image=image)
     else:
         results = v.verify(desc, flavors, workdir=workdir, kernel=kernel, kver=kver,
-                           append=params, progress=None if as_json else _progress, uki=uki)
+                           append=params, progress=None if as_json else _progress, uki=uki,
+                           clock=clock)
     for r in results:
         if timeline_path is None:
             break
@@ -465,10 +477,11 @@ def install_hooks(remove: bool, prefix: Path, config: str, program: str | None) 
 @click.option("--png", is_flag=True, help="Also write a PNG beside the SVG (rsvg-convert or "
               "ImageMagick's convert, when installed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@clock_option
 @kver_option
 @_boot_options
 def compare(host: Path, runs: int, svg_path: Path | None, png: bool, as_json: bool,
-            kver: str | None, kernel: str | None, append: tuple[str, ...],
+            clock: str, kver: str | None, kernel: str | None, append: tuple[str, ...],
             workdir: Path | None) -> None:
     """Scripted or systemd? Build both, boot each N times in QEMU, compare them. Exit 1 if a
     boot failed."""
@@ -483,7 +496,7 @@ def compare(host: Path, runs: int, svg_path: Path | None, png: bool, as_json: bo
     out = svg_path or Path(f"{host.stem}-timeline.svg")
     check_outputs([Output("--svg", out)], [host])  # before the boots, not after
     c = cmp.compare(desc, runs, workdir, kernel=kernel, kver=kver, append=params,
-                    progress=None if as_json else _progress)
+                    progress=None if as_json else _progress, clock=clock)
     write_outputs([Output("--svg", out, cmp.timeline_svg(c).encode())], [host])
     picture, why = svg.to_png(out) if png else (None, "")
     if why:

@@ -3,6 +3,7 @@ comparison of both flavours in QEMU (marked vm)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -96,6 +97,10 @@ def test_table_both_flavours_medians_and_spreads() -> None:
         ["4/4", "passed", "4/4", "passed"]
     assert "11.38 MB" in text and "27.93 MB" in text
     assert "FAILED" not in text and c.passed
+    assert "instruction clock" not in text and cmp.to_json(c)["clock"] == "real"
+    counted = dataclasses.replace(c, clock="instructions")
+    assert "guest uptime (instruction clock" in cmp.table(counted)
+    assert cmp.to_json(counted)["clock"] == "instructions"
 
 
 def test_table_failed_run_names_reason_and_log() -> None:
@@ -204,8 +209,10 @@ def test_feature_difference_luks_and_text() -> None:
 def test_compare_cli_real_boots(tmp_path: Path) -> None:
     out = tmp_path / "t.svg"
     res = CliRunner().invoke(main, ["compare", str(EXAMPLES / "minimal.toml"), "--runs", "1",
-                                    "--svg", str(out), "--workdir", str(tmp_path / "w")])
+                                    "--svg", str(out), "--workdir", str(tmp_path / "w"),
+                                    "--clock", "instructions"])
     assert res.exit_code == 0, res.output
+    assert "guest uptime (instruction clock" in res.output
     # the table's header names both flavours, systemd first
     assert any(line.split() == ["systemd", "scripted"] for line in res.output.splitlines())
     assert "1/1 passed" in res.output and "to real init" in res.output

@@ -127,6 +127,15 @@ def test_argv_net_forwards_bound_to_localhost() -> None:
     assert "-netdev" not in qemu_argv(small(), kvm=False)
 
 
+def test_argv_instruction_clock() -> None:
+    argv = qemu_argv(small(clock="instructions", accel="tcg"), kvm=False)
+    assert argv[argv.index("-accel"):argv.index("-accel") + 4] == [
+        "-accel", "tcg", "-icount", "shift=0,sleep=off"]
+    assert "-icount" not in qemu_argv(small(), kvm=False)
+    with pytest.raises(UsageError, match="instruction-counted clock needs TCG"):
+        qemu_argv(small(clock="instructions"), kvm=True)
+
+
 def test_argv_extra_comes_last() -> None:
     argv = qemu_argv(small(drives=(Drive("/a"),), net=True, extra=("-cpu", "max")), kvm=False)
     assert argv[-2:] == ["-cpu", "max"] and argv[0] == "qemu-system-x86_64"
@@ -139,6 +148,7 @@ def test_argv_extra_comes_last() -> None:
         ({"memory_mb": 0}, "must be positive"),
         ({"cpus": 0}, "must be positive"),
         ({"accel": "hvf"}, "unknown accelerator"),
+        ({"clock": "wall"}, "unknown clock"),
         ({"mac": "52:54:00:12:34"}, "invalid MAC"),
         ({"drives": (Drive("/a", format="vmdk"),)}, "unknown format"),
         ({"drives": (Drive("/a", interface="sata"),)}, "unknown interface"),

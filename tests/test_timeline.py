@@ -96,8 +96,10 @@ def test_output_paths() -> None:
 @needs_kernel
 def test_verify_timeline_both_flavours(tmp_path: Path) -> None:
     out = tmp_path / "tl.svg"
+    # the instruction clock: the timeline users get to compare runs on a busy machine
     res = CliRunner().invoke(main, ["verify", str(EXAMPLES / "minimal.toml"), "--flavor", "both",
-                                    "--workdir", str(tmp_path / "w"), "--timeline", str(out)])
+                                    "--workdir", str(tmp_path / "w"), "--timeline", str(out),
+                                    "--clock", "instructions"])
     assert res.exit_code == 0, res.output
     for flavor in ("systemd", "scripted"):
         picture = (tmp_path / f"tl-{flavor}.svg").read_text()
@@ -106,3 +108,22 @@ def test_verify_timeline_both_flavours(tmp_path: Path) -> None:
         assert f"{flavor}: timeline of {count} " in res.output
     assert "systemd-udev-trigger.service" in (tmp_path / "tl-systemd.svg").read_text()
     assert "root mounted on /sysroot" in (tmp_path / "tl-scripted.svg").read_text()
+
+
+def test_verify_passes_the_clock_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bootgen.vm import verify as v
+
+    seen: dict[str, object] = {}
+
+    def fake(host: object, flavors: object, **kw: object) -> list[object]:
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(v, "verify", fake)
+    res = CliRunner().invoke(main, ["verify", str(EXAMPLES / "minimal.toml"), "--workdir",
+                                    str(tmp_path), "--clock", "instructions"])
+    assert res.exit_code == 0, res.output
+    assert seen["clock"] == "instructions"
+    res = CliRunner().invoke(main, ["verify", str(EXAMPLES / "minimal.toml"), "--disk",
+                                    str(tmp_path / "d.img"), "--clock", "instructions"])
+    assert res.exit_code != 0 and "--clock instructions is for test disks" in res.output

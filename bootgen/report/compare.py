@@ -103,6 +103,7 @@ class Comparison:
     kver: str
     flavors: tuple[FlavorReport, ...]
     features: tuple[FeatureNote, ...]
+    clock: str = "real"  # the guests' clock: qemu.CLOCKS
 
     @property
     def passed(self) -> bool:
@@ -259,7 +260,9 @@ def table(c: Comparison) -> str:
     boots = f"{c.runs} boot{'s' if c.runs > 1 else ''}"
     lines = [f"{c.host}: systemd vs scripted stage one, {boots} each in QEMU (kernel {c.kver})",
              "", *(line(label, cells) for label, cells in image),
-             "guest uptime, median (min–max) over the boots; [n/N]: only n boots got there",
+             "guest uptime" + (" (instruction clock: 1 ns per instruction, idle skipped)"
+                               if c.clock == "instructions" else "")
+             + ", median (min–max) over the boots; [n/N]: only n boots got there",
              *(line(label, cells) for label, cells in timed)]
     for r in c.flavors:
         for i, run in enumerate(r.runs, 1):
@@ -329,7 +332,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
                                        "max": s.high, "n": s.n}
 
     return {
-        "host": c.host, "runs": c.runs, "kernel": c.kver, "passed": c.passed,
+        "host": c.host, "runs": c.runs, "kernel": c.kver, "passed": c.passed, "clock": c.clock,
         "flavors": {r.flavor: {
             "passed": r.passed,
             "build": {"seconds": round(r.stats.build_seconds, 3), "image_bytes": r.stats.size,
@@ -355,7 +358,8 @@ def default_compare_workdir(host: Host) -> Path:
 
 def compare(host: Host, runs: int, workdir: Path | None = None, *, kernel: str | None = None,
             kver: str | None = None, append: Sequence[str] = (), cache_dir: Path | None = None,
-            timeout: float = BOOT_TIMEOUT, progress: Progress | None = None) -> Comparison:
+            timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
+            clock: str = "real") -> Comparison:
     """Build both flavours once, boot each `runs` times: the flavours in parallel (one QEMU
     each), the boots of one flavour one after another. Console logs: WORKDIR/boot-I/FLAVOR.log
     (default WORKDIR: verify's, plus /compare)."""
@@ -377,10 +381,10 @@ def compare(host: Host, runs: int, workdir: Path | None = None, *, kernel: str |
                 progress(f"{prep.flavor}: boot {i}/{runs} (console log: "
                          f"{where / prep.flavor}.log)")
             results[prep.flavor].append(boot(host, prep, where, append=append,
-                                             timeout=timeout))
+                                             timeout=timeout, clock=clock))
 
     in_parallel([functools.partial(run, p) for p in preps])
     reports = tuple(FlavorReport(p.flavor, stats[p.flavor], tuple(results[p.flavor]))
                     for p in preps)
     return Comparison(Path(host.source).stem, runs, version, reports,
-                      feature_difference(host, version))
+                      feature_difference(host, version), clock)

@@ -32,6 +32,7 @@ from ..run import run
 FORMATS = ("raw", "qcow2")
 INTERFACES = ("virtio", "ide", "scsi", "nvme")
 ACCELS = ("auto", "tcg", "kvm")
+CLOCKS = ("real", "instructions")
 TAIL_LINES = 40  # console lines quoted in a BootError
 QUIT_KEYS = b"\x01x"  # Ctrl-a x: the mux chardev's "quit qemu"
 TIMEOUT_ENV = "BOOTGEN_TIMEOUT_MULTIPLIER"
@@ -97,6 +98,10 @@ class QemuConfig:
     machine: str | None = None  # None: QEMU's default ("pc"); "q35" for UEFI boots
     tpm_socket: str | None = None  # control socket of a running swtpm: a TPM 2.0 (TIS)
     monitor_socket: str | None = None  # a second monitor (HMP) on this unix socket: send_keys
+    # "real": the guest's clock follows the host's. "instructions" (TCG only): QEMU's -icount,
+    # one guest nanosecond per instruction and idle time skipped, so the guest's uptime counts
+    # the work it did and the same boot gives the same uptime on a busy or a quiet host.
+    clock: str = "real"
     extra: tuple[str, ...] = ()  # appended last
 
 
@@ -129,6 +134,8 @@ def _check(cfg: QemuConfig) -> None:
         raise bad(f"memory ({cfg.memory_mb} MiB) and cpus ({cfg.cpus}) must be positive")
     if cfg.accel not in ACCELS:
         raise bad(f"unknown accelerator {cfg.accel!r}", hint="use one of " + ", ".join(ACCELS))
+    if cfg.clock not in CLOCKS:
+        raise bad(f"unknown clock {cfg.clock!r}", hint="use one of " + ", ".join(CLOCKS))
     if not _MAC.fullmatch(cfg.mac):
         raise bad(f"invalid MAC address {cfg.mac!r}", hint="write it as 52:54:00:12:34:56")
     for d in cfg.drives:
@@ -195,6 +202,11 @@ def qemu_argv(cfg: QemuConfig, *, kvm: bool) -> list[str]:
         "-serial", "chardev:con0", "-mon", "chardev=con0,mode=readline",
     ]  # fmt: skip
     argv += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg"]
+    if cfg.clock == "instructions":
+        if kvm:
+            raise UsageError("an instruction-counted clock needs TCG", location="qemu",
+                             hint="accel='tcg', or clock='real' under KVM")
+        argv += ["-icount", "shift=0,sleep=off"]
     fw = cfg.firmware
     if cfg.machine is not None or fw is not None:
         machine = cfg.machine or "q35"

@@ -215,16 +215,20 @@ def prepare(host: Host, flavor: str, workdir: Path, *, kernel: str | None = None
 def boot(host: Host, prep: Prepared, workdir: Path, *, append: Sequence[str] = (),
          timeout: float = BOOT_TIMEOUT, progress: Progress | None = None,
          passphrases: Sequence[str] = (TEST_PASSPHRASE,), uki: UkiBoot | None = None,
-         tpm_mode: str = "unlock") -> BootResult:
+         tpm_mode: str = "unlock", clock: str = "real") -> BootResult:
     """Boot a prepared image once and judge the test root's verdict. Passphrase prompts are
     answered with `passphrases` in order (the last one repeats): the test disks' LUKS volumes
     open with TEST_PASSPHRASE. With `uki`, OVMF boots a unified kernel image from an ESP.
     With TPM2 volumes (`prep.tpm`), `tpm_mode` is one of TPM_MODES: "unlock" must pass
-    without a prompt, "changed" and "absent" only after the passphrase was asked."""
+    without a prompt, "changed" and "absent" only after the passphrase was asked. `clock` is
+    qemu.QemuConfig.clock ("instructions": the guest's uptime counts its work, for benchmarks)."""
     if tpm_mode not in TPM_MODES:
         raise UsageError(f"unknown TPM mode {tpm_mode!r}", hint=", ".join(TPM_MODES))
     token = secrets.token_hex(8)
-    cfg = qemu_config(host, prep, kernel_params(host, token, append))
+    cfg = dataclasses.replace(qemu_config(host, prep, kernel_params(host, token, append)),
+                              clock=clock)
+    if clock == "instructions":
+        cfg = dataclasses.replace(cfg, accel="tcg")
     variant = "UKI" if uki is not None else ""
     emulated: tpm.Swtpm | None = None
     name = prep.flavor
@@ -349,7 +353,7 @@ def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: s
 def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
            kernel: str | None = None, kver: str | None = None, append: Sequence[str] = (),
            cache_dir: Path | None = None, progress: Progress | None = None,
-           uki: UkiBoot | None = None) -> list[BootResult]:
+           uki: UkiBoot | None = None, clock: str = "real") -> list[BootResult]:
     """Build and boot each flavour; boots run in parallel (one QEMU per flavour)."""
     work = workdir or default_workdir(host)
     if progress:
@@ -359,7 +363,8 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
     results: list[BootResult | None] = [None] * len(prepared)
 
     def run(i: int) -> None:
-        results[i] = boot(host, prepared[i], work, append=append, progress=progress, uki=uki)
+        results[i] = boot(host, prepared[i], work, append=append, progress=progress, uki=uki,
+                          clock=clock)
 
     def run_modes(i: int) -> list[BootResult]:
         enrolled = prepared[i].tpm
@@ -367,7 +372,7 @@ def verify(host: Host, flavors: Sequence[str], *, workdir: Path | None = None,
         modes = ["unlock"] + (["changed"] if enrolled and enrolled.changed else []) + (
             ["secure-boot-off"] if uki is not None and u.sign_key and u.sign_cert else [])
         return [boot(host, prepared[i], work, append=append, progress=progress, uki=uki,
-                     tpm_mode=mode) for mode in modes]
+                     tpm_mode=mode, clock=clock) for mode in modes]
 
     if any(p.tpm is not None for p in prepared):
         by_flavor: list[list[BootResult]] = [[] for _ in prepared]
