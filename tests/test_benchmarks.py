@@ -37,13 +37,34 @@ def _load(name: str) -> ModuleType:
 common = _load("common")
 
 
-@pytest.mark.parametrize("script", ["build.py", "boot.py"])
+@pytest.mark.parametrize("script", ["build.py", "boot.py", "ablate.py"])
 def test_scripts_help(script: str) -> None:
     res = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     for option in ("--runs", "--json", "--markdown"):
         assert option in res.stdout
+
+
+def test_ablate_rejects_unknown_variant() -> None:
+    res = subprocess.run([sys.executable, str(BENCH / "ablate.py"), "--only", "no-kernel"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "unknown variant 'no-kernel'" in res.stderr
+
+
+def test_ablate_variants_are_valid_descriptions(tmp_path: Path) -> None:
+    from bootgen import description
+
+    ablate = _load("ablate")
+    assert ablate.VARIANTS[0].name == "base" and len(set(ablate.NAMES)) == len(ablate.NAMES)
+    for v in ablate.VARIANTS:
+        if not v.description:
+            continue
+        path = tmp_path / "v.toml"
+        path.write_text(common.MINIMAL.read_text() + v.description)
+        host = description.load(path)  # the fragment is TOML and its unit names pass the checks
+        units = dict(host.systemd.units)
+        assert units and all("[Service]" in text for text in units.values()), v.name
 
 
 def test_boot_rejects_unknown_image() -> None:
