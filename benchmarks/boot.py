@@ -8,11 +8,11 @@ guest uptime, i.e. when the real root's init ran. Host wall time from QEMU's sta
 is shown too (it adds QEMU start-up and the firmware).
 
 The guest's clock counts instructions by default (`--clock instructions`: QEMU's
-`-icount shift=0,sleep=off` under TCG, one guest nanosecond per instruction, idle time skipped to
-the next timer): the uptime then measures the work a boot does, the same boot gives the same
-number to the hundredth on a busy or a quiet host, and a ratio's verdict does not depend on what
-else the machine ran. It is a model (every instruction costs the same, I/O is free); `--clock
-real` lets the guest's clock follow the host's as on hardware, and needs a quiet machine.
+`-icount shift=0,sleep=on` under TCG: one guest nanosecond per executed instruction, and real
+time while the guest waits): the uptime then measures the work a boot does plus its waits, the
+same boot gives the same number to a few hundredths on a busy or a quiet host, and a ratio's
+verdict does not depend on what else the machine ran. It is a model (every instruction costs the
+same); `--clock real` lets the guest's clock follow the host's, and needs a quiet machine.
 
 Images: bootgen systemd and scripted (`bootgen build`), dracut systemd and scripted for the
 same module set, dracut's generic default image, initramfs-tools, and a hand-made busybox
@@ -316,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="skip the extra boot without `quiet` per image (stage breakdown)")
     ap.add_argument("--clock", choices=qemu.CLOCKS, default="instructions",
                     help="the guest's clock: 'instructions' (default; TCG's -icount, one guest "
-                         "ns per instruction, idle time skipped: the same boot gives the same "
-                         "uptime on a busy or a quiet host) or 'real' (follows the host)")
+                         "ns per instruction, real time while it waits: the same boot gives "
+                         "the same uptime on a busy or a quiet host) or 'real' (the host's)")
     ap.add_argument("--kernel-version", metavar="KVER", help="default: the newest installed")
     ap.add_argument("--workdir", type=Path,
                     help="where images and console logs go (default: a new temp directory "
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bootgen-bench-boot-"))
     workdir.mkdir(parents=True, exist_ok=True)
     accel = "tcg" if args.clock == "instructions" or not qemu.kvm_usable() else "kvm"
-    clock = ("instructions (-icount shift=0,sleep=off)" if args.clock == "instructions"
+    clock = ("instructions (-icount shift=0,sleep=on)" if args.clock == "instructions"
              else "real")
     warn_if_busy()
     facts = machine_facts(kver, {

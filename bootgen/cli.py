@@ -235,8 +235,8 @@ boot_options = [
 
 clock_option = click.option(
     "--clock", type=click.Choice(["real", "instructions"]), default="real", show_default=True,
-    help="The guest's clock. 'instructions' counts one guest nanosecond per instruction and "
-    "skips idle time (QEMU -icount, TCG): timings then measure the work stage one does, the "
+    help="The guest's clock. 'instructions' counts one guest nanosecond per instruction (QEMU "
+    "-icount, TCG; waits take real time): timings then measure the work stage one does, the "
     "same on a busy or a quiet machine.")
 
 

@@ -130,7 +130,7 @@ def test_argv_net_forwards_bound_to_localhost() -> None:
 def test_argv_instruction_clock() -> None:
     argv = qemu_argv(small(clock="instructions", accel="tcg"), kvm=False)
     assert argv[argv.index("-accel"):argv.index("-accel") + 4] == [
-        "-accel", "tcg", "-icount", "shift=0,sleep=off"]
+        "-accel", "tcg", "-icount", "shift=0,sleep=on"]
     assert "-icount" not in qemu_argv(small(), kvm=False)
     with pytest.raises(UsageError, match="instruction-counted clock needs TCG"):
         qemu_argv(small(clock="instructions"), kvm=True)

@@ -260,7 +260,7 @@ def table(c: Comparison) -> str:
     boots = f"{c.runs} boot{'s' if c.runs > 1 else ''}"
     lines = [f"{c.host}: systemd vs scripted stage one, {boots} each in QEMU (kernel {c.kver})",
              "", *(line(label, cells) for label, cells in image),
-             "guest uptime" + (" (instruction clock: 1 ns per instruction, idle skipped)"
+             "guest uptime" + (" (instruction clock: 1 ns per instruction)"
                                if c.clock == "instructions" else "")
              + ", median (min–max) over the boots; [n/N]: only n boots got there",
              *(line(label, cells) for label, cells in timed)]

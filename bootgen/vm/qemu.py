@@ -99,8 +99,9 @@ class QemuConfig:
     tpm_socket: str | None = None  # control socket of a running swtpm: a TPM 2.0 (TIS)
     monitor_socket: str | None = None  # a second monitor (HMP) on this unix socket: send_keys
     # "real": the guest's clock follows the host's. "instructions" (TCG only): QEMU's -icount,
-    # one guest nanosecond per instruction and idle time skipped, so the guest's uptime counts
-    # the work it did and the same boot gives the same uptime on a busy or a quiet host.
+    # one guest nanosecond per executed instruction; while the guest idles (a sleep, a disk
+    # read) its clock follows the host's. The work a boot does then counts the same on a busy
+    # or a quiet host; only its waits take real time.
     clock: str = "real"
     extra: tuple[str, ...] = ()  # appended last
 
@@ -206,7 +207,7 @@ def qemu_argv(cfg: QemuConfig, *, kvm: bool) -> list[str]:
         if kvm:
             raise UsageError("an instruction-counted clock needs TCG", location="qemu",
                              hint="accel='tcg', or clock='real' under KVM")
-        argv += ["-icount", "shift=0,sleep=off"]
+        argv += ["-icount", "shift=0,sleep=on"]
     fw = cfg.firmware
     if cfg.machine is not None or fw is not None:
         machine = cfg.machine or "q35"
