@@ -343,8 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bootgen-bench-boot-"))
     workdir.mkdir(parents=True, exist_ok=True)
     accel = "tcg" if args.clock == "instructions" or not qemu.kvm_usable() else "kvm"
-    clock = ("instructions (-icount shift=0,sleep=on)" if args.clock == "instructions"
-             else "real")
+    clock = f"instructions (-icount {qemu.ICOUNT})" if args.clock == "instructions" else "real"
     warn_if_busy()
     facts = machine_facts(kver, {
         "qemu": f"{package_version('qemu-system-x86')}, -accel {accel}, 1 CPU, 1024 MiB, "

@@ -33,6 +33,7 @@ FORMATS = ("raw", "qcow2")
 INTERFACES = ("virtio", "ide", "scsi", "nvme")
 ACCELS = ("auto", "tcg", "kvm")
 CLOCKS = ("real", "instructions")
+ICOUNT = "shift=0,sleep=on"  # the "instructions" clock: 1 ns per instruction, waits real
 TAIL_LINES = 40  # console lines quoted in a BootError
 QUIT_KEYS = b"\x01x"  # Ctrl-a x: the mux chardev's "quit qemu"
 TIMEOUT_ENV = "BOOTGEN_TIMEOUT_MULTIPLIER"
@@ -207,7 +208,7 @@ def qemu_argv(cfg: QemuConfig, *, kvm: bool) -> list[str]:
         if kvm:
             raise UsageError("an instruction-counted clock needs TCG", location="qemu",
                              hint="accel='tcg', or clock='real' under KVM")
-        argv += ["-icount", "shift=0,sleep=on"]
+        argv += ["-icount", ICOUNT]
     fw = cfg.firmware
     if cfg.machine is not None or fw is not None:
         machine = cfg.machine or "q35"
