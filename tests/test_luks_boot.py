@@ -120,3 +120,4 @@ def test_missing_keyfile_without_fallback_fails_clearly(flavor: str, tmp_path: P
     else:
         assert "bootgen: stage one failed; failed units:" in text
         assert "systemd-cryptsetup@cryptroot.service" in text
+        assert r.reason.endswith("failed units: systemd-cryptsetup@cryptroot.service"), r.reason

@@ -44,6 +44,12 @@ FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
           r"You are in emergency mode.*", r"Cannot open access to console.*",
           *firmware.REFUSED)
 REFUSED = re.compile("|".join(firmware.REFUSED))
+# The systemd flavour's emergency drop-in (units/emergency-bootgen.conf.j2): its first line, the
+# line after its list of failed units, and the jobs PID 1 gave up on (not listed as failed units).
+SYSTEMD_FAILED = "bootgen: stage one failed; failed units:"
+SYSTEMD_FAILED_END = r"bootgen: see journalctl -xb in the shell"
+SYSTEMD_JOB_FAILED = re.compile(r"systemd\[1\]: (Timed out waiting for device .*|"
+                                r"Failed to (?:start|mount) .*)")
 BREAK = r"bootgen: break at (\S+)"
 # Passphrase prompts of both flavours (the scripted init; systemd-tty-ask-password-agent).
 PROMPT = re.compile(r"enter the passphrase for \S+|Please enter passphrase for disk[^\n]*")
@@ -316,7 +322,7 @@ def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: st
         if found is None and REFUSED.fullmatch(m.group(0)):
             reason = f"the firmware refused the image: {m.group(0).strip()}"
         elif found is None:
-            reason = f"stage one failed: {m.group(0).strip()}"
+            reason = _failure(machine, m.group(0).strip())
         else:
             keys = ("token", "disk", "init", "root", "mounts", "verdict", "net", "detail")
             result = dict(zip(keys, found.groups(), strict=True))
@@ -335,6 +341,24 @@ def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: st
                       prep.build_seconds, wall, timeline.marks(lines), result,
                       tuple(line.text for line in lines[-40:]), prompts,
                       tuple(timeline.spans(lines)))
+
+
+def _failure(machine: qemu.Machine, line: str) -> str:
+    """Why stage one gave up, from its console: the systemd flavour lists its failed units after
+    the line that stopped the wait, so read on to the end of that list (bounded), then name them
+    with the jobs that timed out or failed, which `systemctl --failed` does not list."""
+    if not line.startswith(SYSTEMD_FAILED):
+        return f"stage one failed: {line}"
+    try:
+        machine.wait_for_console_text(SYSTEMD_FAILED_END, 30)
+    except BootError:
+        pass  # the list is cut short; say what arrived
+    texts = [ln.text for ln in machine.lines]
+    units = [t.split()[1] for t in texts if t.startswith("bootgen:   ") and len(t.split()) > 1]
+    jobs = list(dict.fromkeys(m.group(1).rstrip(".") for t in texts
+                              if (m := SYSTEMD_JOB_FAILED.search(t))))
+    said = "; ".join([*jobs, f"failed units: {', '.join(units) or 'none'}"])
+    return f"stage one failed: {said}"
 
 
 def _judge(result: dict[str, str], token: str, testroot: disks.TestRoot, init: str) -> str:
