@@ -11,7 +11,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static syst
 	binutils systemd-boot-efi sbsigntool ovmf mtools \
 	swtpm swtpm-tools tpm2-tools libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-device0 \
 	console-setup kbd
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --durations=30
 OUT := out
 
 .PHONY: setup apt venv demo test lint docs clean
