@@ -28,22 +28,33 @@ With `--layout lvm` or `raid` the root is on a logical volume or a RAID1 array
 (benchmarks/layouts/, test disks built by bootgen's helper VM, as `bootgen verify` does): bootgen
 against dracut with the same modules plus its lvm or mdraid module, told the root and the volume
 group or array on the command line as dracut wants (`rd.lvm.vg=`, `rd.md.uuid=`).
+
+`--layout luks-keyfile` boots examples/luks.toml with its root volume unlocked by an embedded
+keyfile (a test key written into the work directory; bootgen appends it as its secrets archive):
+dracut systemd gets its crypt module, the same crypto modules, the keyfile and a crypttab naming
+the same volume (`--include`), and `root=/dev/mapper/cryptroot`. `--layout network` boots
+examples/network.toml, everyone told `rd.neednet=1` (wait for the DHCP lease before the root):
+dracut systemd gets its systemd-networkd module and `ip=dhcp`; that module brings dracut's
+kernel-network-modules, i.e. every NIC driver of the kernel (it cannot be left out), where
+bootgen's image has virtio_net alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import (
+    EXAMPLES,
     HERE,
     MINIMAL,
     NA,
@@ -102,10 +113,21 @@ STORAGE_RATIOS: tuple[tuple[str, str, float | None], ...] = (
 )
 
 
+# the examples the issue names besides the plain one (LUKS with a keyfile, network)
+EXAMPLE_IMAGES = ("bootgen-scripted", "bootgen-systemd", "dracut-systemd")
+EXAMPLE_RATIOS: tuple[tuple[str, str, float | None], ...] = (
+    ("bootgen-systemd", "dracut-systemd", 0.6),
+    ("bootgen-scripted", "dracut-systemd", None),
+)
+# crypto modules bootgen's luks feature puts beside dm_crypt for aes-xts (given to dracut too)
+LUKS_DRIVERS = ("dm_crypt", "xts", "ecb", "aesni_intel", "algif_skcipher")
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the root is: the description bootgen builds from and boots, and what its peers
-    are told and given for the same root."""
+    are told and given for the same root. `materialize` writes what the layout needs into the
+    work directory (a description naming a keyfile there) and returns the layout that uses it."""
 
     description: Path
     images: tuple[str, ...]
@@ -113,6 +135,28 @@ class Layout:
     dracut_modules: tuple[str, ...] = ()
     dracut_drivers: tuple[str, ...] = ()
     ratios: tuple[tuple[str, str, float | None], ...] = RATIOS
+    bootgen_params: tuple[str, ...] = ()
+    dracut_args: tuple[str, ...] = ()
+    materialize: Callable[[Layout, Path], Layout] | None = None
+
+    def at(self, workdir: Path) -> Layout:
+        return self.materialize(self, workdir) if self.materialize else self
+
+
+def _luks_keyfile(layout: Layout, workdir: Path) -> Layout:
+    """examples/luks.toml with a keyfile for its root volume, and the same for dracut."""
+    key = workdir / "cryptroot.key"
+    key.write_bytes(hashlib.shake_256(b"bootgen boot benchmark test key").digest(64))
+    text = layout.description.read_text()
+    if "tries = 3\n" not in text:
+        raise BootgenError(f"{layout.description}: no `tries = 3` line to add the keyfile after")
+    desc = workdir / "luks-keyfile.toml"
+    desc.write_text(text.replace("tries = 3\n", f"tries = 3\nkey_file = {json.dumps(str(key))}\n",
+                                 1))
+    crypttab = workdir / "crypttab"
+    crypttab.write_text(f"cryptroot PARTLABEL=cryptroot {key} luks\n")
+    return dataclasses.replace(layout, description=desc, materialize=None, dracut_args=(
+        "--install", str(key), "--include", str(crypttab), "/etc/crypttab"))
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -125,6 +169,12 @@ LAYOUTS: dict[str, Layout] = {
                    ("bootgen-scripted", "bootgen-systemd", "dracut-scripted", "dracut-systemd"),
                    ("root=/dev/md/root", "rd.md.uuid=3f2c2a5e:8a4b1c9d:0e6f7a8b:9c0d1e2f", "rw"),
                    ("mdraid",), ("md_mod", "raid1"), STORAGE_RATIOS),
+    "luks-keyfile": Layout(EXAMPLES / "luks.toml", EXAMPLE_IMAGES,
+                           ("root=/dev/mapper/cryptroot", "rw"), ("crypt",), LUKS_DRIVERS,
+                           EXAMPLE_RATIOS, materialize=_luks_keyfile),
+    "network": Layout(EXAMPLES / "network.toml", EXAMPLE_IMAGES,
+                      ("root=LABEL=root", "rw", "ip=dhcp", "rd.neednet=1"), ("systemd-networkd",),
+                      ("virtio_net",), EXAMPLE_RATIOS, bootgen_params=("rd.neednet=1",)),
 }
 BOOT_TIMEOUT = 180.0
 
@@ -232,7 +282,7 @@ def recipe(name: str, layout: Layout = LAYOUTS["plain"]) -> Recipe | None:
     if layout.dracut_modules and r.tool == "dracut":
         base = r.argv
         extra = ["--add", " ".join(layout.dracut_modules),
-                 "--add-drivers", " ".join(layout.dracut_drivers)]
+                 "--add-drivers", " ".join(layout.dracut_drivers), *layout.dracut_args]
 
         def argv(kver: str, out: Path) -> list[str]:
             got = base(kver, out)
@@ -325,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    layout = LAYOUTS[args.layout]
+    layout = LAYOUTS[args.layout]  # the work directory's version once it exists
     names = list(layout.images)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -333,15 +383,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown image {unknown[0]!r}; choose from {', '.join(layout.images)}")
 
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bootgen-bench-boot-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
+        layout = layout.at(workdir)
         kver = kernel_release(args.kernel_version)
         kernel = qemu.default_kernel(kver)
         host = config.load(layout.description)
     except BootgenError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bootgen-bench-boot-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     accel = "tcg" if args.clock == "instructions" or not qemu.kvm_usable() else "kvm"
     clock = f"instructions (-icount {qemu.ICOUNT})" if args.clock == "instructions" else "real"
     warn_if_busy()
@@ -366,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
 
     images = [Image(n, describe(n, layout),
-                    () if n.startswith("bootgen-") else layout.peer_params) for n in names]
+                    layout.bootgen_params if n.startswith("bootgen-") else layout.peer_params)
+              for n in names]
     for img in images:
         build_image(img, kver, workdir / f"{img.name}.img", layout)
     bootable = [img for img in images if img.path is not None]

@@ -376,9 +376,11 @@ def bootgen_recipe(example: Path, flavour: str, *, cold: bool = False) -> Recipe
 def dracut_argv(kind: str, kver: str, out: Path) -> list[str]:
     """dracut for a comparable module set ("systemd", "scripted") or its generic default."""
     dracut = which("dracut") or "dracut"
+    # dracut's own defaults, not the host's /etc/dracut.conf{,.d} (benchmarks/dracut.conf.d/)
+    conf = ["--conf", "/dev/null", "--confdir", str(HERE / "dracut.conf.d")]
     if kind == "default":
-        return [dracut, "--force", "--no-hostonly", "--kver", kver, str(out)]
-    common = ["--force", "--quiet", "--no-hostonly", "--no-early-microcode", "--kver", kver]
+        return [dracut, *conf, "--force", "--no-hostonly", "--kver", kver, str(out)]
+    common = [*conf, "--force", "--quiet", "--no-hostonly", "--no-early-microcode", "--kver", kver]
     if kind == "systemd":
         mods = ["-m", DRACUT_SYSTEMD_MODULES]
     elif kind == "scripted":

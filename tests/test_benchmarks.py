@@ -170,6 +170,11 @@ def test_peer_command_lines() -> None:
     with pytest.raises(ValueError):
         common.dracut_argv("tiny", "k", out)
     assert common.mkinitramfs_argv("k", out)[1:] == ["-o", str(out), "k"]
+    # every dracut image is built from dracut's defaults, whatever the host configured
+    for argv in (sd, sc, default):
+        confdir = Path(argv[argv.index("--confdir") + 1])
+        assert argv[argv.index("--conf") + 1] == "/dev/null"
+        assert confdir.is_dir() and not list(confdir.glob("*.conf"))
 
 
 def test_parse_show_depends() -> None:
@@ -297,10 +302,10 @@ def test_verdict_needs_spreads_clear_of_the_goal() -> None:
     assert common.ratio_spread(common.stats([5.0]), b) is None  # one run: no spread to judge
 
 
-def test_storage_layouts_tell_dracut_the_root() -> None:
+def test_layouts_tell_dracut_the_root(tmp_path: Path) -> None:
     boot = _load("boot")
-    for name in ("lvm", "raid"):
-        layout = boot.LAYOUTS[name]
+    for name in ("lvm", "raid", "luks-keyfile", "network"):
+        layout = boot.LAYOUTS[name].at(tmp_path)
         host = __import__("bootgen.description", fromlist=["load"]).load(layout.description)
         root = next(fs for fs in host.filesystems if fs.mountpoint == "/")
         assert f"root={root.device}" in layout.peer_params
@@ -309,3 +314,34 @@ def test_storage_layouts_tell_dracut_the_root() -> None:
         assert argv[-1] == "/tmp/x.img"
         assert argv[argv.index("--add") + 1] == " ".join(layout.dracut_modules)
         assert boot.recipe("bootgen-systemd", layout).name == "bootgen-systemd"
+
+
+def test_luks_keyfile_layout_gives_both_tools_the_same_key(tmp_path: Path) -> None:
+    """The keyfile layout: bootgen's description embeds the key, dracut gets it with a crypttab
+    that opens the same volume under the same name."""
+    boot = _load("boot")
+    from bootgen import description
+    layout = boot.LAYOUTS["luks-keyfile"].at(tmp_path)
+    assert layout.description.parent == tmp_path
+    host = description.load(layout.description)
+    (lk,) = host.luks
+    assert lk.key_file is not None and Path(lk.key_file).read_bytes()
+    name, device, key, kind = (tmp_path / "crypttab").read_text().split()
+    assert (name, device, key, kind) == (lk.name, lk.device, lk.key_file, "luks")
+    argv = boot.recipe("dracut-systemd", layout).argv("6.1.0-1-amd64", Path("/tmp/x.img"))
+    assert argv[argv.index("--install") + 1] == lk.key_file
+    assert argv[argv.index("--include") + 1:argv.index("--include") + 3] == [
+        str(tmp_path / "crypttab"), "/etc/crypttab"]
+    assert f"root=/dev/mapper/{lk.name}" in layout.peer_params
+    # the same layout written again gives the same key (benchmark runs are comparable)
+    again = tmp_path / "again"
+    again.mkdir()
+    boot.LAYOUTS["luks-keyfile"].at(again)
+    assert (again / "cryptroot.key").read_bytes() == Path(lk.key_file).read_bytes()
+
+
+def test_network_layout_waits_for_the_lease_in_every_image() -> None:
+    boot = _load("boot")
+    layout = boot.LAYOUTS["network"]
+    assert "rd.neednet=1" in layout.bootgen_params and "rd.neednet=1" in layout.peer_params
+    assert "ip=dhcp" in layout.peer_params and "virtio_net" in layout.dracut_drivers
