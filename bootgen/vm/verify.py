@@ -322,7 +322,7 @@ def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: st
         if found is None and REFUSED.fullmatch(m.group(0)):
             reason = f"the firmware refused the image: {m.group(0).strip()}"
         elif found is None:
-            reason = _failure(machine, m.group(0).strip())
+            reason = _failure(machine, _whole_line(machine, m.group(0)))
         else:
             keys = ("token", "disk", "init", "root", "mounts", "verdict", "net", "detail")
             result = dict(zip(keys, found.groups(), strict=True))
@@ -341,6 +341,15 @@ def _boot(host: Host, prep: Prepared, cfg: qemu.QemuConfig, log: Path, token: st
                       prep.build_seconds, wall, timeline.marks(lines), result,
                       tuple(line.text for line in lines[-40:]), prompts,
                       tuple(timeline.spans(lines)))
+
+
+def _whole_line(machine: qemu.Machine, start: str) -> str:
+    """The console line a pattern matched the start of: the match may end where the output
+    read so far ends, in the middle of the line (bounded wait for the rest)."""
+    try:
+        return (start + machine.wait_for_console_text(r"[^\n]*\n", 10).group(0)).strip()
+    except BootError:
+        return start.strip()  # the machine stopped mid-line: what arrived
 
 
 def _failure(machine: qemu.Machine, line: str) -> str:
