@@ -128,3 +128,21 @@ def test_systemd_layout(systemd: Path) -> None:
             ).is_symlink()
     assert "virtio_blk" in (systemd / "etc/modules-load.d/bootgen.conf").read_text().split()
     assert (systemd / "usr/lib/udev/rules.d/99-systemd.rules").is_file()
+
+
+def test_systemd_link_is_configured_without_waiting_for_ipv6_dad() -> None:
+    """networkd counts a link configured only once its IPv6 link-local address passed duplicate
+    address detection (a second or more); stage one's .network files skip it, for DHCP and
+    static addresses alike, so rd.neednet=1 waits for the lease, not for DAD."""
+    from bootgen.image.plan import plan
+    from bootgen.image.render import render
+
+    network_toml = (EXAMPLES / "network.toml").read_text()
+    static = network_toml.replace("dhcp = true", 'address = "10.0.2.20/24"')
+    for text in (network_toml, static):
+        spec = plan(loads(text), flavor="systemd", kver="6.1.0-test")
+        units = [(g.content or b"").decode() for g in render(spec)
+                 if g.path.startswith("/etc/systemd/network/95-bootgen-")]
+        assert len(units) == 1
+        network = units[0].split("[Network]\n", 1)[1]
+        assert "IPv6DuplicateAddressDetection=0\n" in network
