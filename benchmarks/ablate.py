@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bootgen-ablate-"))
     work.mkdir(parents=True, exist_ok=True)
     facts = machine_facts(kver, {"guest clock": f"instructions (-icount {qemu.ICOUNT}), "
-                                                "TCG, 1 CPU, 1024 MiB"})
+                                                f"TCG -cpu {qemu.TCG_CPU}, 1 CPU, 1024 MiB"})
     built, testroot = build_disks(host, work)
     drives = tuple(qemu.Drive(str(d.path), serial=d.spec.serial, snapshot=True) for d in built)
     try:

@@ -395,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootgenError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2
-    accel = "tcg" if args.clock == "instructions" or not qemu.kvm_usable() else "kvm"
+    accel = ("tcg -cpu " + qemu.TCG_CPU if args.clock == "instructions" or not qemu.kvm_usable()
+             else "kvm -cpu host")
     clock = f"instructions (-icount {qemu.ICOUNT})" if args.clock == "instructions" else "real"
     warn_if_busy()
     facts = machine_facts(kver, {

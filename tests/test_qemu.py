@@ -53,7 +53,7 @@ def tail_after(argv: list[str], marker: str) -> list[str]:
 
 def test_argv_small_tcg() -> None:
     assert qemu_argv(small(memory_mb=512, cpus=2, accel="tcg"), kvm=False) == HEAD + [
-        "-accel", "tcg", "-m", "512", "-smp", "2",
+        "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "512", "-smp", "2",
         "-kernel", "/k/vmlinuz", "-initrd", "/k/initrd", "-append", "console=ttyS0",
     ]  # fmt: skip
 
@@ -65,7 +65,9 @@ def test_argv_kvm_and_no_initrd() -> None:
         "-kernel", "/k/vmlinuz", "-append", "quiet panic=-1",
     ]  # fmt: skip
     tcg = qemu_argv(cfg, kvm=False)
-    assert "kvm" not in " ".join(tcg) and "-enable-kvm" not in tcg and "-cpu" not in tcg
+    assert "kvm" not in " ".join(tcg) and "-enable-kvm" not in tcg and "host" not in tcg
+    # TCG's CPU has RDRAND, as real ones do: the kernel's random pool is ready at once
+    assert tcg[tcg.index("-cpu") + 1] == qemu.TCG_CPU == "qemu64,+rdrand"
 
 
 @pytest.mark.parametrize(
@@ -129,8 +131,8 @@ def test_argv_net_forwards_bound_to_localhost() -> None:
 
 def test_argv_instruction_clock() -> None:
     argv = qemu_argv(small(clock="instructions", accel="tcg"), kvm=False)
-    assert argv[argv.index("-accel"):argv.index("-accel") + 4] == [
-        "-accel", "tcg", "-icount", "shift=0,sleep=on"]
+    assert argv[argv.index("-accel"):argv.index("-accel") + 6] == [
+        "-accel", "tcg", "-cpu", qemu.TCG_CPU, "-icount", "shift=0,sleep=on"]
     assert "-icount" not in qemu_argv(small(), kvm=False)
     with pytest.raises(UsageError, match="instruction-counted clock needs TCG"):
         qemu_argv(small(clock="instructions"), kvm=True)
