@@ -17,10 +17,9 @@ Search order for a DT_NEEDED without "/" requested by object L (glibc's _dl_map_
 
 Dynamic string tokens: $ORIGIN/${ORIGIN} is the directory of the object as it was opened (for the
 program itself, the directory of its resolved path, as /proc/self/exe gives it); $LIB expands to
-"lib/<multiarch triplet>" (e.g. "lib/x86_64-linux-gnu"), which is what Debian's ld.so does
-(checked with LD_DEBUG=libs on bookworm); $PLATFORM to the platform glibc picks for this CPU
-("x86_64", or "haswell" where the CPU has its features: asked from ld.so itself, see
-`platform`).
+"lib/<multiarch triplet>" (e.g. "lib/x86_64-linux-gnu") as Debian's ld.so does (LD_DEBUG=libs on
+bookworm); $PLATFORM to the platform glibc picks for this CPU ("x86_64", or "haswell" where the
+CPU has its features: asked from ld.so itself, see `platform`).
 
 Not modelled: LD_LIBRARY_PATH/LD_PRELOAD of the build environment (deliberately ignored),
 glibc-hwcaps/ and legacy tls/ hwcap subdirectories (Debian installs no library only there), and
@@ -49,6 +48,7 @@ from ..errors import BuildError
 from . import hostfs
 
 PROGRAM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+ESC = "surrogateescape"  # names that are no UTF-8 survive as they are
 DF_1_NODEFLIB = 0x800
 NT_FDO_DLOPEN = 0x407C0C0A
 ELF_MAGIC = b"\x7fELF"
@@ -154,16 +154,12 @@ def parse_bytes(data: bytes, name: str) -> tuple[str | None, tuple[str, ...]] | 
 
 
 def _parse_stream(f: Any, hpath: str) -> _Obj | None:
-    ident = f.read(16)
-    if len(ident) < 16 or ident[:4] != ELF_MAGIC or ident[4] not in (1, 2):
+    if len(ident := f.read(16)) < 16 or ident[:4] != ELF_MAGIC or ident[4] not in (1, 2):
         return None
-    f.seek(0)
     elfclass, little = (32 if ident[4] == 1 else 64), ident[5] == 1
     try:
-        # The ELF header, program headers and dynamic table only, with pyelftools' structures
-        # made once per kind of file: ELFFile builds them for every file and its Segment
-        # objects look up the section table, 6x slower over a systemd image's 51 ELF files,
-        # which a build reads twice (resolve, then the check of the image read back).
+        # headers and dynamic table only, with structures made once per kind of file (an
+        # ELFFile per file, whose Segments look up the section table, was 6x slower)
         eh = struct_parse(_structs(little, elfclass).Elf_Ehdr, f, 0)
         structs = _structs(little, elfclass, eh["e_type"], eh["e_machine"],
                            eh["e_ident"]["EI_OSABI"])
@@ -174,7 +170,7 @@ def _parse_stream(f: Any, hpath: str) -> _Obj | None:
         for ph in phdrs:
             if ph["p_type"] == "PT_INTERP":
                 f.seek(ph["p_offset"])
-                interp = _text(f.read(ph["p_filesz"]).split(b"\0", 1)[0])
+                interp = f.read(ph["p_filesz"]).split(b"\0", 1)[0].decode(errors=ESC)
             elif ph["p_type"] == "PT_DYNAMIC" and not tags:
                 size = structs.Elf_Dyn.sizeof()
                 for j in range(ph["p_filesz"] // size):
@@ -185,10 +181,10 @@ def _parse_stream(f: Any, hpath: str) -> _Obj | None:
         strtab = _dynstr(phdrs, f, tags)
 
         def strings(tag: str) -> list[str]:
-            return [_text(strtab[v:strtab.index(b"\0", v)]) for t, v in tags if t == tag]
+            return [strtab[v:strtab.index(b"\0", v)].decode(errors=ESC) for t, v in tags
+                    if t == tag]
 
         has_runpath = any(t == "DT_RUNPATH" for t, _ in tags)
-        flags_1 = next((v for t, v in tags if t == "DT_FLAGS_1"), 0)
         return _Obj(
             ident=(elfclass, little, str(eh["e_machine"])),
             interp=interp,
@@ -197,7 +193,7 @@ def _parse_stream(f: Any, hpath: str) -> _Obj | None:
             # glibc ignores DT_RPATH when DT_RUNPATH is present
             rpath=() if has_runpath else tuple(_split_path(strings("DT_RPATH"))),
             runpath=tuple(_split_path(strings("DT_RUNPATH"))) if has_runpath else None,
-            nodeflib=bool(flags_1 & DF_1_NODEFLIB),
+            nodeflib=bool(next((v for t, v in tags if t == "DT_FLAGS_1"), 0) & DF_1_NODEFLIB),
         )
     except Exception as e:  # pyelftools' parse and decoding errors alike
         raise BuildError(f"cannot parse ELF file {hpath}: {e}") from e
@@ -225,14 +221,9 @@ def _dynstr(phdrs: list[Any], f: Any, tags: list[tuple[str, int]]) -> bytes:
     if offset is None:
         raise ValueError(f"DT_STRTAB {addr:#x} is in no loaded segment")
     f.seek(offset)
-    table = f.read(size)
-    if len(table) < size or (table and not table.endswith(b"\0")):
+    if len(table := f.read(size)) < size or (table and not table.endswith(b"\0")):
         raise ValueError("the dynamic string table is cut short")
     return table
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
 
 
 def _split_path(values: list[str]) -> list[str]:
