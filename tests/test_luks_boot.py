@@ -26,6 +26,14 @@ def passed(r: BootResult) -> BootResult:
     return r
 
 
+def no_loaded_module_called_failed(r: BootResult) -> None:
+    """A module that does not fit this CPU (aes: padlock-aes, aesni without AES-NI) does not
+    make the scripted init call the modules that loaded failed."""
+    for line in r.log.read_text(errors="replace").splitlines():
+        if "bootgen:" in line and "module" in line and "loading modules" not in line:
+            assert not {"virtio_blk", "ext4", "dm_mod", "dm_crypt"} & set(line.split()), line
+
+
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_wrong_passphrase_then_the_right_one(flavor: str, tmp_path: Path) -> None:
     h = loads(LUKS)
@@ -41,11 +49,7 @@ def test_embedded_keyfile_needs_no_prompt(flavor: str, tmp_path: Path) -> None:
     h = loads(LUKS.replace("tries = 3", f'tries = 3\nkey_file = "{key}"'))
     r = passed(boot(h, prepare(h, flavor, tmp_path), tmp_path, passphrases=("wrong",)))
     assert r.prompts == 0
-    # a module that does not fit this CPU (aes: padlock-aes, aesni without AES-NI) does not
-    # make the scripted init call the modules that loaded failed
-    for line in r.log.read_text(errors="replace").splitlines():
-        if "bootgen:" in line and "module" in line and "loading modules" not in line:
-            assert not {"virtio_blk", "ext4", "dm_mod", "dm_crypt"} & set(line.split()), line
+    no_loaded_module_called_failed(r)
 
 
 SECOND = LUKS + """
@@ -90,11 +94,7 @@ def test_keyfile_on_another_device(flavor: str, tmp_path: Path) -> None:
     h = keydev_host("/root.key", False)
     r = passed(boot(h, prepare(h, flavor, tmp_path), tmp_path, passphrases=("wrong",)))
     assert r.prompts == 0
-    # a module that does not fit this CPU (aes: padlock-aes, aesni without AES-NI) does not
-    # make the scripted init call the modules that loaded failed
-    for line in r.log.read_text(errors="replace").splitlines():
-        if "bootgen:" in line and "module" in line and "loading modules" not in line:
-            assert not {"virtio_blk", "ext4", "dm_mod", "dm_crypt"} & set(line.split()), line
+    no_loaded_module_called_failed(r)
 
 
 def prepared_with_missing_key(flavor: str, tmp_path: Path, fallback: bool) -> tuple[Host,

@@ -26,6 +26,12 @@ from .api import (
 )
 from .common import CHECKERS, LOCKED_HINT, UNIT_DIR, device_node, escape_path
 
+# What the emergency drop-in prints before the shell: a header, one line per failed unit (with
+# this prefix), a footer. `bootgen verify` reads the list between them to say why a boot failed.
+FAILED_HEADER = "bootgen: stage one failed; failed units:"
+FAILED_UNIT_PREFIX = "bootgen:   "
+FAILED_FOOTER = "bootgen: see journalctl -xb in the shell"
+
 
 def check_unit_name(value: str) -> tuple[str, str] | None:
     """A unit file or drop-in name relative to /etc/systemd/system."""
@@ -146,7 +152,8 @@ def contribute(host: Host, ctx: Context) -> Contribution:
         Generated(f"{UNIT_DIR}/emergency.service.d/bootgen.conf",
                   template="units/emergency-bootgen.conf.j2",
                   view={"access": host.rescue.access, "locked_hint": LOCKED_HINT,
-                        "shell_on_fail": host.rescue.shell_on_fail}),
+                        "shell_on_fail": host.rescue.shell_on_fail, "header": FAILED_HEADER,
+                        "prefix": FAILED_UNIT_PREFIX, "footer": FAILED_FOOTER}),
         Generated("/usr/lib/bootgen/stop", template="units/bootgen-stop.sh.j2", mode=0o755),
         Generated("/usr/lib/bootgen/init-check", template="units/bootgen-init-check.sh.j2",
                   mode=0o755, view={"init": host.boot.init}),

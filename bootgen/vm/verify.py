@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import paths
 from ..config.schema import Host
 from ..errors import BootError, BootgenError, UsageError
+from ..features import systemd
 from ..features.console import CONSOLE
 from ..features.console import KEYMAP as KEYMAP_PATH
 from ..features.uki import UKI
@@ -44,10 +45,7 @@ FAILED = (r"bootgen: stage one failed.*", r"Kernel panic - not syncing.*",
           r"You are in emergency mode.*", r"Cannot open access to console.*",
           *firmware.REFUSED)
 REFUSED = re.compile("|".join(firmware.REFUSED))
-# The systemd flavour's emergency drop-in (units/emergency-bootgen.conf.j2): its first line, the
-# line after its list of failed units, and the jobs PID 1 gave up on (not listed as failed units).
-SYSTEMD_FAILED = "bootgen: stage one failed; failed units:"
-SYSTEMD_FAILED_END = r"bootgen: see journalctl -xb in the shell"
+# The jobs PID 1 gave up on (systemctl --failed, which the emergency drop-in prints, omits them)
 SYSTEMD_JOB_FAILED = re.compile(r"systemd\[1\]: (Timed out waiting for device .*|"
                                 r"Failed to (?:start|mount) .*)")
 BREAK = r"bootgen: break at (\S+)"
@@ -356,14 +354,15 @@ def _failure(machine: qemu.Machine, line: str) -> str:
     """Why stage one gave up, from its console: the systemd flavour lists its failed units after
     the line that stopped the wait, so read on to the end of that list (bounded), then name them
     with the jobs that timed out or failed, which `systemctl --failed` does not list."""
-    if not line.startswith(SYSTEMD_FAILED):
+    if not line.startswith(systemd.FAILED_HEADER):
         return f"stage one failed: {line}"
     try:
-        machine.wait_for_console_text(SYSTEMD_FAILED_END, 30)
+        machine.wait_for_console_text(re.escape(systemd.FAILED_FOOTER), 30)
     except BootError:
         pass  # the list is cut short; say what arrived
     texts = [ln.text for ln in machine.lines]
-    units = [t.split()[1] for t in texts if t.startswith("bootgen:   ") and len(t.split()) > 1]
+    units = [t.split()[1] for t in texts
+             if t.startswith(systemd.FAILED_UNIT_PREFIX) and len(t.split()) > 1]
     jobs = list(dict.fromkeys(m.group(1).rstrip(".") for t in texts
                               if (m := SYSTEMD_JOB_FAILED.search(t))))
     said = "; ".join([*jobs, f"failed units: {', '.join(units) or 'none'}"])
