@@ -17,6 +17,7 @@ OUT := out
 .PHONY: setup apt venv demo test lint docs clean
 
 setup: apt venv
+	-@$(VENV)/bin/python -m compileall -q bootgen >/dev/null  # as installing a package does
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \

@@ -30,6 +30,7 @@ from common import (
     bootgen_recipe,
     bootgen_reported_seconds,
     command_line,
+    compile_bytecode,
     fmt_mb,
     fmt_ratio,
     fmt_seconds,
@@ -165,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine_facts(kver, {
         "dracut": package_version("dracut-core"),
         "initramfs-tools": package_version("initramfs-tools"),
+        "bootgen bytecode": compile_bytecode(),
     })
     rows = [Row(r, args.runs if r.tool == "bootgen" and not r.name.endswith("-cold")
                 else args.peer_runs) for r in chosen]

@@ -308,3 +308,24 @@ def test_debian_initrd() -> None:
             groups.setdefault(m.ino, []).append(m)
     for group in groups.values():
         assert len({m.data for m in group}) == 1 and group[0].data
+
+
+def test_proven_stream_is_not_unpacked_twice() -> None:
+    """A stream the caller already unpacked and compared (a segment cache hit) is taken as
+    proven only where its bytes are found exactly; anything else is unpacked as usual."""
+    first, second = archive("a"), archive("b")
+    stream_a, stream_b = compress(first, "zstd"), compress(second, "zstd")
+    image = stream_a + stream_b
+    # told (wrongly, to see it used) that stream_b unpacks to archive "c": taken at its offset
+    segs = read_image(image, proven={len(stream_a): (stream_b, archive("c"))})
+    assert names(segs[1]) == ["c"] and segs[1].end == len(image)
+    # the same claim at an offset where other bytes are: unpacked, claim ignored
+    segs = read_image(image, proven={0: (stream_b, archive("c"))})
+    assert names(segs[0]) == ["a"] and names(segs[1]) == ["b"]
+    # a stream that differs from the proven one by one byte is unpacked (and found corrupt)
+    broken = stream_a + stream_b[:-1] + bytes([stream_b[-1] ^ 1])
+    with pytest.raises(BuildError, match="corrupt zstd stream|checksum"):
+        read_image(broken, proven={len(stream_a): (stream_b, second)})
+    # the limit counts proven streams too
+    with pytest.raises(BuildError, match="unpacks to more than"):
+        read_image(image, limit=len(first) + 1, proven={len(stream_a): (stream_b, second)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import io
 import lzma
 import os
 import shutil
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from elftools.elf.elffile import ELFFile
 
 from bootgen.errors import BuildError
 from bootgen.image import kmod
@@ -267,3 +270,30 @@ def test_synthetic_unknown(syn_root: Path) -> None:
     with pytest.raises(BuildError) as e:
         kmod.resolve(["acme_helpr"], SYN, root=str(syn_root))
     assert e.value.hint == "did you mean 'acme_helper'?"
+
+
+def test_modinfo_section_matches_pyelftools_on_host_modules() -> None:
+    """The section-header reader finds what pyelftools finds, on the host kernel's modules."""
+    found = sorted(glob.glob("/lib/modules/*/kernel/fs/**/*.ko*", recursive=True))[:40]
+    if not found:
+        pytest.skip("no kernel modules on this host")
+    for path in found:
+        data = Path(path).read_bytes()
+        data = lzma.decompress(data) if path.endswith(".xz") else data
+        if path.endswith((".zst", ".gz")):
+            continue
+        sec = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
+        assert kmod.section(data, b".modinfo") == (sec.data() if sec else b""), path
+
+
+def test_modinfo_of_a_damaged_module_is_one_clear_error(tmp_path: Path) -> None:
+    if which("gcc") is None:
+        pytest.skip("gcc not installed")
+    good = _module(tmp_path, "good", ["name=good"])
+    assert kmod.section(good, b".modinfo") == b"name=good\0\0"  # the C literal's own NUL
+    assert kmod.section(good, b".absent") == b""
+    for name, data in {"cut.ko": good[:100], "empty.ko": b"", "text.ko": b"hello" * 20,
+                       "headers-past-end.ko": good[:0x28] + b"\xff" * 8 + good[0x30:]}.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BuildError, match=f"cannot read module .*{name}"):
+            kmod.read_modinfo(str(tmp_path / name))

@@ -133,8 +133,11 @@ def test_cache_entry_that_is_a_fifo_is_ignored(host: Path, cache: Path, tmp_path
 @needs_kernel
 def test_check_catches_a_segment_the_cache_got_wrong(host: Path, cache: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Defence in depth: were the cache's own verification fooled (here: switched off), the
-    read-back check still finds that the image does not hold the files pack read."""
+    """The read-back check unpacks every stream it was given no proof for: were the cache's
+    own verification fooled (here: switched off) and its proofs not handed on, the check still
+    finds that the image does not hold the files pack read. (With proofs, the check parses a
+    cache hit from the archive pack unpacked and compared it to: test_compress.py::
+    test_proven_stream_is_not_unpacked_twice.)"""
     from bootgen.description import load
     from bootgen.image.build import build
 
@@ -149,6 +152,7 @@ def test_check_catches_a_segment_the_cache_got_wrong(host: Path, cache: Path, tm
                                 else m.data, m.rdev) for m in members]
         entry.write_bytes(compress.compress(cpio.write_newc(tampered), method))
     monkeypatch.setattr(compress, "matches", lambda data, method, raw: None)
+    monkeypatch.setattr(pack_module.Packed, "proven", lambda self: {})
     with pytest.raises(BuildError) as e:
         build(h, output=tmp_path / "b.img")
     assert "in the image read back differs from the file packed" in e.value.message

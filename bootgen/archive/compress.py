@@ -13,6 +13,7 @@ import lzma
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import lz4.block
@@ -316,9 +317,12 @@ def _read_archives(blob: bytes, method: str, seg_offset: int) -> tuple[list[Memb
     return members, count
 
 
-def read_image(data: bytes, limit: int = MAX_UNPACKED) -> list[Segment]:
+def read_image(data: bytes, limit: int = MAX_UNPACKED,
+               proven: Mapping[int, tuple[bytes, bytes]] | None = None) -> list[Segment]:
     """Split an initrd file into its segments and parse every cpio archive in them; together
-    the segments may unpack to `limit` bytes at most."""
+    the segments may unpack to `limit` bytes at most. `proven` maps the offset of a stream to
+    (its bytes, what they unpack to), when the caller unpacked them with `matches` already:
+    a stream found there byte for byte is not unpacked twice."""
     segments: list[Segment] = []
     unpacked = 0
     pos = skip_zeros(data, 0)
@@ -341,7 +345,13 @@ def read_image(data: bytes, limit: int = MAX_UNPACKED) -> list[Segment]:
                 hint="expected a cpio archive or a zstd, gzip, xz or lz4 stream",
             )
         else:
-            method, blob, end = decompress_stream(data, pos, limit - unpacked)
+            known = (proven or {}).get(pos)
+            if known is not None and memoryview(data)[pos:pos + len(known[0])] == known[0]:
+                method, blob, end = kind, known[1], pos + len(known[0])
+                if unpacked + len(blob) > limit:
+                    raise _too_big(method, pos, limit - unpacked)
+            else:
+                method, blob, end = decompress_stream(data, pos, limit - unpacked)
             unpacked += len(blob)
             members, count = _read_archives(blob, method, pos)
             segments.append(Segment(pos, end, method, members, count))

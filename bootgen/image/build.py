@@ -151,7 +151,8 @@ def build(
         checked = check(packed.public, init=spec.init, required=required,
                         files={e.path: packed.files[e.path].sha256 for e in public
                                if e.kind == "file"},
-                        links={e.path: e.target or "" for e in public if e.kind == "symlink"})
+                        links={e.path: e.target or "" for e in public if e.kind == "symlink"},
+                        proven=packed.proven())
     sha = hashlib.sha256(data).hexdigest()
     efi = None
     if uki_output is not None:

@@ -1,9 +1,11 @@
 """Stage `check`: read the packed image back and prove it is complete.
 
 Independent of how the image was built: it parses the archive bytes, follows symlinks inside the
-image and inspects the ELF files it finds. Checks that /init and the flavour's init program exist
-and are executable, that every program the plan asked for is there, and that every dynamic ELF's
-interpreter and DT_NEEDED libraries are present in the image.
+image and inspects the ELF files it finds. (A cache hit pack unpacked and compared byte for byte
+already is parsed from the archive it was proven to unpack to: compress.read_image's `proven`.)
+Checks that /init and the flavour's init program exist and are executable, that every program
+the plan asked for is there, and that every dynamic ELF's interpreter and DT_NEEDED libraries
+are present in the image.
 """
 
 from __future__ import annotations
@@ -80,12 +82,14 @@ DAMAGED_HINT = ("a damaged segment cache can cause this: build again with BOOTGE
 
 def check(data: bytes, *, init: str, required: Iterable[str] = (),
           files: Mapping[str, str] | None = None,
-          links: Mapping[str, str] | None = None) -> Checked:
+          links: Mapping[str, str] | None = None,
+          proven: Mapping[int, tuple[bytes, bytes]] | None = None) -> Checked:
     """Raise BuildError if the image is incomplete, or differs from what was meant to go in:
     `files` maps each regular file's path to the sha256 pack recorded when it read it, `links`
-    each symlink to its target. Say what was checked."""
+    each symlink to its target; `proven` holds the cache hits pack unpacked and compared
+    already (compress.read_image). Say what was checked."""
     members: list[Member] = []
-    for segment in compress.read_image(data):
+    for segment in compress.read_image(data, proven=proven):
         members.extend(segment.members)
     view = ImageView(members)
     for path, digest in sorted((files or {}).items()):

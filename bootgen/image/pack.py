@@ -59,6 +59,7 @@ class PackedSegment:
     raw_size: int
     data: bytes  # compressed
     cached: bool  # taken from the cache
+    proven: bytes | None = None  # a cache hit: the archive its data was unpacked and compared to
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ class Packed:
     @property
     def raw_size(self) -> int:
         return sum(s.raw_size for s in self.segments)
+
+    def proven(self) -> dict[int, tuple[bytes, bytes]]:
+        """Cache hits by offset in `public`: (stream, the archive pack proved it unpacks to),
+        so that the read-back check need not unpack them a second time."""
+        found, offset = {}, len(self.early)
+        for s in self.segments:
+            if s.proven is not None:
+                found[offset] = (s.data, s.proven)
+            offset += len(s.data)
+        return found
 
     @property
     def public(self) -> bytes:
@@ -196,7 +207,7 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
             # a hit must unpack to exactly this archive, or it does not go into the image
             bad = compress.matches(hit, spec.compression, raw)
             if bad is None:
-                return PackedSegment(name, count, len(raw), hit, True)
+                return PackedSegment(name, count, len(raw), hit, True, raw)
             assert cache is not None
             cache.drop(key)
             warnings.append(f"segment cache: the cached {name} segment ({key[:12]}…) was "
