@@ -329,3 +329,28 @@ def test_proven_stream_is_not_unpacked_twice() -> None:
     # the limit counts proven streams too
     with pytest.raises(BuildError, match="unpacks to more than"):
         read_image(image, limit=len(first) + 1, proven={len(stream_a): (stream_b, second)})
+
+
+def test_zstd_bytes_do_not_depend_on_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strong zstd levels compress in jobs on every CPU: the bytes are the same on a machine
+    with 1, 2 or 4 of them (jobs made small here so that the input makes several)."""
+    import bootgen.archive.compress as module
+
+    data = payload(3 << 20, seed=7)
+    monkeypatch.setattr(module, "ZSTD_JOB", 1 << 20)
+    out = {}
+    for n in (1, 2, 4):
+        monkeypatch.setattr(module, "workers", lambda n=n: n)
+        out[n] = compress(data, "zstd", 19)
+    assert out[1] == out[2] == out[4]
+    assert zstandard.ZstdDecompressor().decompress(out[1]) == data
+
+
+def test_recipe_names_what_decides_the_bytes() -> None:
+    import bootgen.archive.compress as module
+
+    assert module.recipe("zstd", 19) != module.recipe("zstd", 18) != module.recipe("gzip", 9)
+    assert module.recipe("zstd") == module.recipe("zstd", 19)  # the default level, named
+    assert ".".join(map(str, zstandard.ZSTD_VERSION)) in module.recipe("zstd")
+    with pytest.raises(BuildError, match="invalid zstd level 30"):
+        module.recipe("zstd", 30)

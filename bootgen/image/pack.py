@@ -200,8 +200,8 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
 
     def one(item: tuple[str, int, bytes]) -> PackedSegment:
         name, count, raw = item
-        key = hashlib.sha256(f"{spec.compression}:{spec.compression_level}:".encode()
-                             + raw).hexdigest()
+        key = hashlib.sha256(compress.recipe(spec.compression, spec.compression_level).encode()
+                             + b"\0" + raw).hexdigest()
         hit = cache.get(key) if cache is not None and name != LAYOUT else None
         if hit is not None:
             # a hit must unpack to exactly this archive, or it does not go into the image
