@@ -283,7 +283,7 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace) -> 
     parts += [("Ratios", ratio_table)] if pair_rows else []
     parts += [("Targets", render_targets(targets(by), markdown=md))]
     runs = (f"bootgen {args.runs} run(s) per image after an untimed warm-up build (the "
-            "\"-cold\" rows: without the segment cache), peers {args.peer_runs}; wall time of the "
+            f"\"-cold\" rows: without the segment cache), peers {args.peer_runs}; wall time of the "
             "whole command (Python start-up included for bootgen); other QEMUs running just "
             f"before or after {sum(r.contended for r in rows)} of the "
             f"{sum(len(r.seconds) for r in rows)} builds")
