@@ -162,7 +162,8 @@ def build(
         with steps.step(f"writing {output if output is not None else uki_output}"):
             private = bool(packed.secrets) and not secrets_out
             content = {"-o": data, "--secrets-out": packed.secrets, "--uki": efi or b"",
-                       "--manifest": dumps(manifest(image, packed, sha)).encode()}
+                       "--manifest": dumps(manifest(image, packed, sha)).encode()
+                       if manifest_path is not None else b""}
             mode = {"-o": 0o600 if private else 0o644,
                     "--uki": 0o600 if private and UKI.of(host).secrets else 0o644}
             write_outputs([dataclasses.replace(o, data=content[o.option],

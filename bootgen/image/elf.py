@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from elftools.common.utils import struct_parse
-from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
 from ..errors import BuildError
@@ -288,6 +287,7 @@ def dlopen_notes(path: str, root: str = "/") -> tuple[str, ...]:
     Each note has owner "FDO", type 0x407c0c0a and a JSON array of objects whose "soname" lists
     alternatives. Returns () when the file has no such section (or is not ELF).
     """
+    from elftools.elf.elffile import ELFFile  # here: builds never need its 10 ms import
     real = hostfs.resolve(path, root)
     hpath = hostfs.host_path(real, root)
     if _parse(hpath) is None:
