@@ -100,6 +100,8 @@ class Row:
 def recipes(include_peers: bool) -> list[Recipe]:
     out = [bootgen_recipe(MINIMAL, f) for f in FLAVOURS]
     out += [bootgen_recipe(MINIMAL, f, cold=True) for f in FLAVOURS]
+    # what a lower level buys on the first build, and costs in size (docs/benchmarks.md)
+    out += [bootgen_recipe(MINIMAL, "systemd", cold=True, zstd_level=n) for n in (12, 16)]
     others = sorted(p for p in EXAMPLES.glob("*.toml") if p != MINIMAL)
     out += [bootgen_recipe(p, f) for p in others for f in FLAVOURS]
     return out + (list(PEERS) if include_peers else [])

@@ -374,18 +374,29 @@ class Recipe:
         return which(self.program) is not None or Path(self.program).is_file()
 
 
-def bootgen_recipe(example: Path, flavour: str, *, cold: bool = False) -> Recipe:
+def bootgen_recipe(example: Path, flavour: str, *, cold: bool = False,
+                   zstd_level: int | None = None) -> Recipe:
     """bootgen building an example; `cold`: without its segment cache (BOOTGEN_CACHE=off), i.e.
-    what the very first build of a flavour on a machine costs."""
+    what the very first build of a flavour on a machine costs; `zstd_level`: the example with
+    `[boot] compression_level` set to it (written beside the image)."""
     def argv(kver: str, out: Path) -> list[str]:
         env = ["env", "BOOTGEN_CACHE=off"] if cold else []
-        return [*env, *bootgen_argv(), "build", str(example), "-o", str(out), "--flavor",
+        desc = example
+        if zstd_level is not None:
+            desc = out.parent / f"{example.stem}-zstd{zstd_level}.toml"
+            text = example.read_text()
+            if "\n[boot]\n" not in "\n" + text or "compression" in text:
+                raise ValueError(f"{example}: no plain [boot] table to set the level in")
+            desc.write_text(("\n" + text).replace(
+                "\n[boot]\n", f"\n[boot]\ncompression_level = {zstd_level}\n", 1)[1:])
+        return [*env, *bootgen_argv(), "build", str(desc), "-o", str(out), "--flavor",
                 flavour, "--kernel-version", kver, "--manifest", str(manifest_path(out))]
 
     name = f"bootgen-{flavour}" if example == MINIMAL else f"bootgen-{example.stem}-{flavour}"
+    name += f"-zstd{zstd_level}" if zstd_level is not None else ""
+    what = f"{example.stem}.toml" + (f", zstd -{zstd_level}" if zstd_level is not None else "")
     return Recipe(name + ("-cold" if cold else ""), "bootgen", flavour,
-                  f"{example.stem}.toml" + (" (no cache)" if cold else ""), bootgen_argv()[0],
-                  argv)
+                  what + (" (no cache)" if cold else ""), bootgen_argv()[0], argv)
 
 
 def dracut_argv(kind: str, kver: str, out: Path) -> list[str]:

@@ -53,7 +53,9 @@ class Boot:
                           choices=FLAVORS)
     compression: str = setting("Compression of the main archive.", "zstd", choices=METHODS)
     compression_level: int | None = setting(
-        f"Compression level; default and range per method: {_LEVELS}.", None)
+        f"Compression level; default and range per method: {_LEVELS}. A higher level makes a "
+        "smaller image and a slower first build (compressed segments are cached, later builds "
+        "reuse them): docs/benchmarks.md measures the trade for zstd.", None)
     kernel_params: tuple[str, ...] = setting(
         "Kernel command line for `bootgen verify` and `bootgen shell` (on a real machine the "
         "boot loader's command line is what counts).",
