@@ -109,12 +109,17 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     return _lz4_legacy(data, lvl)
 
 
+ZSTD_MAX_WORKERS = 4  # a 22 MB segment makes 3 jobs; each worker holds ~120 MB at level 19
+
+
 def workers() -> int:
-    """Threads for one compression: the CPUs this process may run on."""
+    """Threads for one compression: the CPUs this process may run on, at most 4 (the bytes
+    are the same for any number)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(ZSTD_MAX_WORKERS, cpus))
 
 
 def recipe(method: str, level: int | None = None) -> str:
