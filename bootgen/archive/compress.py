@@ -28,12 +28,13 @@ METHODS = ("zstd", "gzip", "xz", "lz4", "none")
 DEFAULT_LEVELS: dict[str, int] = {"zstd": 19, "gzip": 9, "xz": 6, "lz4": 9}
 # zstd, every level: a 32 MiB window, so that libraries compress against each other (level 12:
 # 8.29 MB instead of 8.95 for the 22 MB systemd segment, in the same 0.8 s), in jobs of 8 MiB of
-# input, each seeing the 16 MiB before it, on as many threads as the machine has. The bytes
-# depend on neither the thread count nor the machine; the size is within 0.1% of one job's, and
-# 2 CPUs compress that segment at level 19 in 0.75x the time of one.
+# input, each seeing the 16 MiB before it, on up to ZSTD_MAX_WORKERS threads. The bytes depend
+# on neither the thread count nor the machine; the size is within 0.1% of one job's, and 2 CPUs
+# compress that segment at level 19 in 0.75x the time of one.
 ZSTD_LONG_WINDOW = 25
 ZSTD_JOB = 8 << 20
 ZSTD_OVERLAP = 8  # overlap = window >> (9 - ZSTD_OVERLAP): half the window
+ZSTD_MAX_WORKERS = 4  # a 22 MB segment makes 3 jobs; each worker holds ~120 MB at level 19
 LEVEL_RANGES: dict[str, tuple[int, int]] = {
     "zstd": (1, 22),
     "gzip": (0, 9),
@@ -107,9 +108,6 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     if method == "xz":
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=lvl)
     return _lz4_legacy(data, lvl)
-
-
-ZSTD_MAX_WORKERS = 4  # a 22 MB segment makes 3 jobs; each worker holds ~120 MB at level 19
 
 
 def workers() -> int:
