@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "initramfs-tools": package_version("initramfs-tools"),
         "bootgen bytecode": compile_bytecode(),
     })
-    rows = [Row(r, args.runs if r.tool == "bootgen" and not r.name.endswith("-cold")
+    rows = [Row(r, args.runs if r.tool == "bootgen"
                 else args.peer_runs) for r in chosen]
     with tempfile.TemporaryDirectory(prefix="bootgen-bench-build-") as tmp:
         for row in rows:
@@ -284,10 +284,10 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace) -> 
     parts = [("Build time and image size", table)]
     parts += [("Ratios", ratio_table)] if pair_rows else []
     parts += [("Targets", render_targets(targets(by), markdown=md))]
-    runs = (f"bootgen {args.runs} run(s) per image after an untimed warm-up build (the "
-            f"\"-cold\" rows: without the segment cache), peers {args.peer_runs}; wall time of the "
-            "whole command (Python start-up included for bootgen); other QEMUs running just "
-            f"before or after {sum(r.contended for r in rows)} of the "
+    runs = (f"bootgen {args.runs} run(s) per image, after an untimed warm-up build (the "
+            f"\"-cold\" rows: each without the segment cache), peers {args.peer_runs}; wall "
+            "time of the whole command (Python start-up included for bootgen); other QEMUs "
+            f"running just before or after {sum(r.contended for r in rows)} of the "
             f"{sum(len(r.seconds) for r in rows)} builds")
     if md:
         body = "\n\n".join(f"**{title}**\n\n{t}" for title, t in parts)
