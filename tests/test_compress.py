@@ -354,3 +354,24 @@ def test_recipe_names_what_decides_the_bytes() -> None:
     assert ".".join(map(str, zstandard.ZSTD_VERSION)) in module.recipe("zstd")
     with pytest.raises(BuildError, match="invalid zstd level 30"):
         module.recipe("zstd", 30)
+
+
+def test_matches_proves_a_cache_hit_without_trusting_its_header() -> None:
+    from bootgen.archive.compress import matches
+
+    raw = write_newc([Member("big", REG, payload(300_000))])  # a 4-byte size field
+    good = compress(raw, "zstd")
+    assert matches(good, "zstd", raw) is None
+    assert matches(good + b"x", "zstd", raw) is not None  # bytes after the frame
+    assert matches(good + good, "zstd", raw) is not None  # two frames
+    assert matches(good[:-3], "zstd", raw) is not None  # truncated
+    assert matches(compress(archive("init"), "zstd"), "zstd", raw) is not None
+    assert matches(compress(raw, "gzip"), "zstd", raw) is not None
+    # a header that claims 4 GiB is not believed, nor is that much memory asked for
+    fhd = good[4]
+    single, dict_flag, fcs_flag = (fhd >> 5) & 1, fhd & 3, fhd >> 6
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    width = {0: 1 if single else 0, 1: 2, 2: 4, 3: 8}[fcs_flag]
+    assert width == 4, "the test archive's size field is 4 bytes wide"
+    liar = good[:at] + struct.pack("<I", 0xFFFFFFF0) + good[at + width:]
+    assert "unpacks to more than" in (matches(liar, "zstd", raw) or "")

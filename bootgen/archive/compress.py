@@ -260,6 +260,17 @@ def matches(data: bytes, method: str, raw: bytes) -> str | None:
     None when it is, else what is wrong."""
     if method == "none":
         return None if data == raw else "it differs from the archive"
+    if method == "zstd" and data[:4] == b"\x28\xb5\x2f\xfd":
+        try:
+            declared = zstandard.frame_content_size(data[:18])
+        except zstandard.ZstdError:
+            declared = -1
+        if declared == len(raw):  # what bootgen writes: one call, into exactly that many bytes
+            try:
+                out = zstandard.ZstdDecompressor().decompress(data, allow_extra_data=False)
+            except zstandard.ZstdError as e:
+                return f"corrupt zstd stream: {e}"
+            return None if out == raw else "it unpacks to other bytes than the archive"
     try:
         found, out, end = decompress_stream(data, 0, len(raw))
     except BuildError as e:
