@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import sys
 import threading
@@ -57,6 +58,18 @@ def _one_line(e: BaseException) -> BootgenError | None:
     return None
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe nobody reads any more (poll says POLLERR)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 class _Group(click.Group):
     """Turns every BootgenError into its one-line message and exit code; SIGTERM and SIGHUP
     stop a command the way Ctrl-C does (temp files removed, exit 128 + signal)."""
@@ -74,6 +87,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError as e:
+            if not _stdout_closed():
+                error = _one_line(e)
+                assert error is not None
+                click.echo(error.format(), err=True)
+                ctx.exit(error.exit_code)
+            # the reader went away (`bootgen ls IMAGE | head`): stop quietly, as cat does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except click.UsageError as e:  # one line too, naming the command's help
             command = f"bootgen {e.ctx.command.name} --help" if e.ctx and e.ctx.command.name \
                 and e.ctx.parent else "bootgen --help"

@@ -136,3 +136,33 @@ def test_check_command(tmp_path: Path) -> None:
     lines = res.output.splitlines()
     assert [line.split(" (")[0] for line in lines] == [f"{MINIMAL}: ok"] * 2
     assert "systemd stage one" in lines[0] and "scripted stage one" in lines[1]
+
+
+def test_output_read_by_head_stops_quietly(tmp_path: Path) -> None:
+    """`bootgen ls IMAGE | head`: when the reader goes away, bootgen stops without an error
+    line, with the exit code of a process SIGPIPE ended (128 + 13)."""
+    import stat
+
+    from bootgen.archive.cpio import Member, write_newc
+
+    image = tmp_path / "many.img"  # its listing is far bigger than a pipe's buffer
+    image.write_bytes(write_newc([Member(f"d/f{i:05d}", stat.S_IFREG | 0o644, b"x")
+                                  for i in range(20000)]))
+    p = subprocess.Popen([sys.executable, "-m", "bootgen.cli", "ls", str(image)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline().startswith(b"== segment 1")
+    p.stdout.close()
+    assert (p.wait(timeout=60), p.stderr.read()) == (141, b"")
+
+
+def test_other_broken_pipes_are_still_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken pipe that is not standard output's (a child that died) is an error line."""
+    import bootgen.cli as cli
+
+    def broken(image: Path) -> list[str]:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli.inspect, "ls_any", broken)
+    r = CliRunner().invoke(main, ["ls", __file__])
+    assert (r.exit_code, r.output.strip()) == (1, "error: Broken pipe")
