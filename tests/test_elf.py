@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bootgen.errors import BuildError
-from bootgen.image import elf
+from bootgen.image import elf, sections
 from bootgen.run import run
 
 HAVE_GCC = shutil.which("gcc") is not None
@@ -155,8 +155,8 @@ def test_find_program() -> None:
 
 def test_dlopen_notes_absent() -> None:
     target = SYSTEMD or "/bin/sh"
-    assert elf.dlopen_notes(target) == ()
-    assert elf.dlopen_notes("/bin/sh") == ()
+    assert sections.dlopen_notes(target) == ()
+    assert sections.dlopen_notes("/bin/sh") == ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,4 +341,5 @@ int f(void) { return 0; }
     )
     out = tmp_path / "libnote.so"
     run(["gcc", "-shared", "-fPIC", "-nostdlib", "-o", str(out), str(src)])
-    assert elf.dlopen_notes(str(out)) == ("libtss2-esys.so.0", "libtss2-rc.so.0", "libfido2.so.1")
+    assert sections.dlopen_notes(str(out)) == ("libtss2-esys.so.0", "libtss2-rc.so.0",
+                                               "libfido2.so.1")

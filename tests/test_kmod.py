@@ -15,7 +15,7 @@ import zstandard
 from elftools.elf.elffile import ELFFile
 
 from bootgen.errors import BuildError
-from bootgen.image import kmod
+from bootgen.image import kmod, sections
 from bootgen.run import run, which
 
 from .conftest import KVER, alias_providers, needs_kernel  # noqa: E402
@@ -283,15 +283,15 @@ def test_modinfo_section_matches_pyelftools_on_host_modules() -> None:
         if path.endswith((".zst", ".gz")):
             continue
         sec = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
-        assert kmod.section(data, b".modinfo") == (sec.data() if sec else b""), path
+        assert sections.section(data, b".modinfo") == (sec.data() if sec else b""), path
 
 
 def test_modinfo_of_a_damaged_module_is_one_clear_error(tmp_path: Path) -> None:
     if which("gcc") is None:
         pytest.skip("gcc not installed")
     good = _module(tmp_path, "good", ["name=good"])
-    assert kmod.section(good, b".modinfo") == b"name=good\0\0"  # the C literal's own NUL
-    assert kmod.section(good, b".absent") == b""
+    assert sections.section(good, b".modinfo") == b"name=good\0\0"  # the C literal's own NUL
+    assert sections.section(good, b".absent") == b""
     for name, data in {"cut.ko": good[:100], "empty.ko": b"", "text.ko": b"hello" * 20,
                        "headers-past-end.ko": good[:0x28] + b"\xff" * 8 + good[0x30:]}.items():
         (tmp_path / name).write_bytes(data)

@@ -31,10 +31,8 @@ from __future__ import annotations
 import functools
 import glob
 import io
-import json
 import os
 import re
-import struct
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +47,6 @@ from . import hostfs
 PROGRAM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ESC = "surrogateescape"  # names that are no UTF-8 survive as they are
 DF_1_NODEFLIB = 0x800
-NT_FDO_DLOPEN = 0x407C0C0A
 ELF_MAGIC = b"\x7fELF"
 
 # e_machine (and class) → (Debian multiarch triplet, AT_PLATFORM)
@@ -279,48 +276,6 @@ def find_program(name: str, root: str = "/") -> str:
         f"program {name!r} not found in {':'.join(PROGRAM_DIRS)}",
         hint=f"install the package that provides it (apt-file search bin/{name})",
     )
-
-
-def dlopen_notes(path: str, root: str = "/") -> tuple[str, ...]:
-    """Sonames declared in the ELF ".note.dlopen" section (systemd >= 253 format), in order.
-
-    Each note has owner "FDO", type 0x407c0c0a and a JSON array of objects whose "soname" lists
-    alternatives. Returns () when the file has no such section (or is not ELF).
-    """
-    from elftools.elf.elffile import ELFFile  # here: builds never need its 10 ms import
-    real = hostfs.resolve(path, root)
-    hpath = hostfs.host_path(real, root)
-    if _parse(hpath) is None:
-        return ()
-    with open(hpath, "rb") as f:
-        elf = ELFFile(f)
-        section = elf.get_section_by_name(".note.dlopen")
-        if section is None:
-            return ()
-        data = section.data()
-        little = elf.little_endian
-    out: list[str] = []
-    fmt = "<III" if little else ">III"
-    off = 0
-    while off + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(fmt, data, off)
-        off += 12
-        name = data[off : off + namesz].rstrip(b"\0")
-        off += (namesz + 3) & ~3
-        desc = data[off : off + descsz]
-        off += (descsz + 3) & ~3
-        if name != b"FDO" or ntype != NT_FDO_DLOPEN:
-            continue
-        try:
-            entries = json.loads(desc.rstrip(b"\0").decode())
-        except (UnicodeDecodeError, ValueError) as e:
-            raise BuildError(f"malformed .note.dlopen in {path}: {e}") from e
-        for entry in entries if isinstance(entries, list) else [entries]:
-            sonames = entry.get("soname", []) if isinstance(entry, dict) else []
-            for so in [sonames] if isinstance(sonames, str) else sonames:
-                if isinstance(so, str) and so not in out:
-                    out.append(so)
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import lzma
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import zstandard
 from ..errors import BuildError
 from ..run import run, which
 from . import hostfs
+from .sections import section
 
 MODULES_DIR = "/lib/modules"
 FIRMWARE_DIR = "/lib/firmware"
@@ -242,34 +242,6 @@ def _index(kver: str, root: str) -> _Index:
 
 # ---------------------------------------------------------------------------------------------
 # .modinfo
-
-
-def section(data: bytes, name: bytes) -> bytes:
-    """The content of the named section of an ELF file (b"" when it has none), read from the
-    section headers alone: a module's .modinfo without parsing the rest of it."""
-    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
-        raise ValueError("not an ELF file")
-    end = "<" if data[5] == 1 else ">"
-    if data[4] == 2:  # ELF64: e_shoff at 0x28, e_shentsize/shnum/shstrndx at 0x3a
-        (shoff,), (entsize, count, names) = (struct.unpack_from(end + "Q", data, 0x28),
-                                             struct.unpack_from(end + "HHH", data, 0x3A))
-        header = end + "IIQQQQ"  # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size
-    else:
-        (shoff,), (entsize, count, names) = (struct.unpack_from(end + "I", data, 0x20),
-                                             struct.unpack_from(end + "HHH", data, 0x2E))
-        header = end + "IIIIII"
-    if count and entsize < struct.calcsize(header):
-        raise ValueError(f"section header size {entsize} is too small")
-    headers = [struct.unpack_from(header, data, shoff + i * entsize) for i in range(count)]
-    if names >= count:
-        raise ValueError("no section name table")
-    table = data[headers[names][4]:headers[names][4] + headers[names][5]]
-    for h in headers:
-        if table[h[0]:h[0] + len(name) + 1] == name + b"\0":
-            if h[4] + h[5] > len(data):
-                raise ValueError(f"section {name.decode()} runs past the end of the file")
-            return data[h[4]:h[4] + h[5]]
-    return b""
 
 
 def read_modinfo(path: str) -> tuple[tuple[str, str], ...]:
