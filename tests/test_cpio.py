@@ -224,6 +224,18 @@ def test_invalid_names(name: str) -> None:
     assert exc.value.message == f"invalid archive path {name!r}"
 
 
+@pytest.mark.parametrize("name", ["TRAILER!!!", "/TRAILER!!!", "./TRAILER!!!"])
+def test_a_member_named_like_the_end_marker_is_refused(name: str) -> None:
+    """The kernel stops unpacking at TRAILER!!!: every entry after it would be lost."""
+    with pytest.raises(BuildError) as exc:
+        write_newc([Member(name, REG | 0o644, b""), Member("init", REG | 0o755, b"x")])
+    assert exc.value.message == (
+        f"invalid archive path {name!r}: TRAILER!!! marks the end of a cpio archive")
+    # one level down it is an ordinary name
+    members, _ = read_newc(write_newc([Member("etc/TRAILER!!!", REG | 0o644, b"x")]))
+    assert [m.name for m in members] == ["etc", "etc/TRAILER!!!"]
+
+
 def test_invalid_members() -> None:
     with pytest.raises(BuildError) as exc:
         write_newc([Member("x", 0o644, b"")])

@@ -86,7 +86,8 @@ def _pad4(n: int) -> int:
 
 
 def normalize_name(name: str) -> str:
-    """Strip leading "/" and "./"; reject empty, "..", "." and empty components and NUL."""
+    """Strip leading "/" and "./"; reject empty, "..", "." and empty components, NUL and the
+    end marker TRAILER!!!."""
     stripped = name
     while stripped.startswith(("/", "./")):
         stripped = stripped[1:] if stripped.startswith("/") else stripped[2:]
@@ -98,6 +99,12 @@ def normalize_name(name: str) -> str:
             f"invalid archive path {name!r}",
             location="cpio",
             hint='use a normalized relative path such as "usr/bin/kmod"',
+        )
+    if stripped == TRAILER:
+        # the kernel (and every reader) stops unpacking at an entry of this name
+        raise BuildError(
+            f"invalid archive path {name!r}: {TRAILER} marks the end of a cpio archive",
+            location="cpio",
         )
     return stripped
 
