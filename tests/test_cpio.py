@@ -248,6 +248,25 @@ def test_invalid_members() -> None:
     assert exc.value.message == "l: symlink with an empty target"
 
 
+def test_what_the_kernel_would_skip_is_refused() -> None:
+    """init/initramfs.c skips names and symlink targets over PATH_MAX without a word, and cannot
+    create a component over NAME_MAX: such an image would boot without those files."""
+    longest = "/".join(["d" * 255] * 16)  # 4095 bytes + NUL = PATH_MAX
+    assert len(longest) == 4095
+    assert len(read_newc(write_newc([Member(longest, REG | 0o644, b"x")]))[0]) == 16
+    write_newc([Member("l", LNK | 0o777, b"t" * 4096)])
+    for member in (Member(longest + "e", REG | 0o644, b"x"),
+                   Member("a/" + "n" * 256, REG | 0o644, b"x"),
+                   Member("\udcff" * 256, REG | 0o644, b"x")):
+        with pytest.raises(BuildError, match="the kernel would not unpack it"):
+            write_newc([member])
+    for target in (b"t" * 4097, b"a\0b"):
+        with pytest.raises(BuildError) as exc:
+            write_newc([Member("l", LNK | 0o777, target)])
+        assert exc.value.message == ("l: symlink target longer than 4096 bytes or with a NUL "
+                                     "(the kernel would skip or cut it)")
+
+
 # ---- reader errors -------------------------------------------------------------------------
 
 

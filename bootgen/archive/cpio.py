@@ -21,6 +21,11 @@ MAGIC_CRC = b"070702"
 TRAILER = "TRAILER!!!"
 HEADER_SIZE = 110
 MAX_FIELD = 0xFFFFFFFF
+# The kernel's unpacker (init/initramfs.c) silently skips an entry whose name, with its NUL,
+# or whose symlink target is longer than PATH_MAX; a component longer than NAME_MAX cannot be
+# created. The writer refuses them rather than ship an image that loses files without a word.
+PATH_MAX = 4096
+NAME_MAX = 255
 
 _FIELDS = (
     "ino",
@@ -140,6 +145,15 @@ def _validate(m: Member, name: str) -> None:
         raise BuildError(f"{name}: a {_type_word(m.mode)} cannot carry data", location="cpio")
     if ftype == stat.S_IFLNK and not m.data:
         raise BuildError(f"{name}: symlink with an empty target", location="cpio")
+    if ftype == stat.S_IFLNK and (b"\0" in m.data or len(m.data) > PATH_MAX):
+        raise BuildError(f"{name}: symlink target longer than {PATH_MAX} bytes or with a NUL "
+                         "(the kernel would skip or cut it)", location="cpio")
+    raw = _encode(name)
+    if len(raw) + 1 > PATH_MAX or any(len(p) > NAME_MAX for p in raw.split(b"/")):
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise BuildError(f"{shown}: path longer than {PATH_MAX - 1} bytes or with a "
+                         f"component longer than {NAME_MAX} (the kernel would not unpack it)",
+                         location="cpio")
     if len(m.data) > MAX_FIELD:
         raise BuildError(
             f"{name}: file larger than 4 GiB cannot be stored in newc", location="cpio"
