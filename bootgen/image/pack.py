@@ -21,11 +21,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import queue
 import stat
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..archive import compress, cpio
 from ..paths import read_regular
@@ -119,6 +120,43 @@ class Packed:
         return self.public + (self.padding + self.secrets if self.secrets else b"")
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """fn over items on up to `workers` daemon threads; the results in order, or the first
+    exception. The wait is the caller's alone: Ctrl-C (or any signal the caller turns into an
+    exception) stops it at once, and a thread still compressing does not hold up the exit, as
+    a thread pool's would for as long as zstd -19 takes. fn must not write files (pack's
+    cache writes happen in the caller's thread): an abandoned thread leaves nothing half done."""
+    todo: queue.SimpleQueue[tuple[int, T]] = queue.SimpleQueue()
+    for job in enumerate(items):
+        todo.put(job)
+    done: queue.SimpleQueue[tuple[int, R | None, BaseException | None]] = queue.SimpleQueue()
+
+    def work() -> None:
+        while True:
+            try:
+                i, item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, fn(item), None))
+            except BaseException as e:  # handed to the caller, raised there
+                done.put((i, None, e))
+
+    for _ in range(max(1, min(workers, len(items)))):
+        threading.Thread(target=work, name="bootgen-pack", daemon=True).start()
+    results: dict[int, R] = {}
+    for _ in items:
+        i, result, error = done.get()
+        if error is not None:
+            raise error
+        results[i] = result  # type: ignore[assignment]
+    return [results[i] for i in range(len(items))]
+
+
 def source_mtime() -> int:
     value = os.environ.get("SOURCE_DATE_EPOCH", "0")
     return int(value) if value.isdigit() else 0
@@ -200,7 +238,7 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
 
     warnings: list[str] = []
 
-    def one(item: tuple[str, int, bytes]) -> PackedSegment:
+    def one(item: tuple[str, int, bytes]) -> tuple[PackedSegment, str]:
         name, count, raw = item
         key = hashlib.sha256(compress.recipe(spec.compression, spec.compression_level).encode()
                              + b"\0" + raw).hexdigest()
@@ -209,7 +247,7 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
             # a hit must unpack to exactly this archive, or it does not go into the image
             bad = compress.matches(hit, spec.compression, raw)
             if bad is None:
-                return PackedSegment(name, count, len(raw), hit, True, raw)
+                return PackedSegment(name, count, len(raw), hit, True, raw), key
             assert cache is not None
             cache.drop(key)
             warnings.append(f"segment cache: the cached {name} segment ({key[:12]}…) was "
@@ -218,12 +256,14 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
             progress(f"compressing {name} ({len(raw) >> 20} MiB, {spec.compression}); "
                      "cached for later builds")
         data = compress.compress(raw, spec.compression, spec.compression_level)
-        if cache is not None:
-            cache.put(key, data)
-        return PackedSegment(name, count, len(raw), data, False)
+        return PackedSegment(name, count, len(raw), data, False), key
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(raws), os.cpu_count() or 1))) as pool:
-        segments = tuple(pool.map(one, raws))
+    done = in_parallel(one, raws, min(len(raws), os.cpu_count() or 1))
+    if cache is not None:  # here, not in the threads: an interrupted build writes no half entry
+        for segment, key in done:
+            if not segment.cached:
+                cache.put(key, segment.data)
+    segments = tuple(segment for segment, _ in done)
     secret = [to_member(e, files) for e in image.entries if e.secret]
     return Packed(
         early=microcode(root) if early_microcode else b"",
