@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -308,10 +309,17 @@ def test_a_signal_does_not_wait_for_the_compression(host: Path, cache: Path, tmp
 
 
 def test_in_parallel_keeps_the_order_and_raises_the_first_error() -> None:
-    assert pack_module.in_parallel(lambda n: n * n, range(7), 3) == [n * n for n in range(7)]
-    assert pack_module.in_parallel(str, [], 2) == []
+    said: list[str] = []
 
-    def fail(n: int) -> int:
+    def square(n: int, tell: Callable[[str], None]) -> int:
+        tell(f"squaring {n}")  # reaches `say` in this thread, not printed by the worker
+        return n * n
+
+    assert pack_module.in_parallel(square, range(7), 3, said.append) == [n * n for n in range(7)]
+    assert sorted(said) == [f"squaring {n}" for n in range(7)]
+    assert pack_module.in_parallel(square, [], 2) == []
+
+    def fail(n: int, tell: Callable[[str], None]) -> int:
         if n == 2:
             raise BuildError("two")
         return n

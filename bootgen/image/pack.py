@@ -124,16 +124,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def in_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """fn over items on up to `workers` daemon threads; the results in order, or the first
-    exception. The wait is the caller's alone: Ctrl-C (or any signal the caller turns into an
-    exception) stops it at once, and a thread still compressing does not hold up the exit, as
-    a thread pool's would for as long as zstd -19 takes. fn must not write files (pack's
-    cache writes happen in the caller's thread): an abandoned thread leaves nothing half done."""
+def in_parallel(fn: Callable[[T, Callable[[str], None]], R], items: Sequence[T], workers: int,
+                say: Callable[[str], None] | None = None) -> list[R]:
+    """fn(item, tell) over items on up to `workers` daemon threads; the results in order, or the
+    first exception. The wait is the caller's alone: Ctrl-C (or any signal the caller turns
+    into an exception) stops it at once, and a thread still compressing does not hold up the
+    exit, as a thread pool's would for as long as zstd -19 takes. So that an abandoned thread
+    leaves nothing half done, fn creates no files and prints nothing: what it `tell`s goes to
+    `say` in the caller's thread (pack's cache writes happen there too)."""
     todo: queue.SimpleQueue[tuple[int, T]] = queue.SimpleQueue()
     for job in enumerate(items):
         todo.put(job)
-    done: queue.SimpleQueue[tuple[int, R | None, BaseException | None]] = queue.SimpleQueue()
+    # (index, result, error) from a finished item, or (-1, text, None) from `tell`
+    done: queue.SimpleQueue[tuple[int, object, BaseException | None]] = queue.SimpleQueue()
+
+    def tell(text: str) -> None:
+        done.put((-1, text, None))
 
     def work() -> None:
         while True:
@@ -142,18 +148,22 @@ def in_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[
             except queue.Empty:
                 return
             try:
-                done.put((i, fn(item), None))
+                done.put((i, fn(item, tell), None))
             except BaseException as e:  # handed to the caller, raised there
                 done.put((i, None, e))
 
     for _ in range(max(1, min(workers, len(items)))):
         threading.Thread(target=work, name="bootgen-pack", daemon=True).start()
     results: dict[int, R] = {}
-    for _ in items:
+    while len(results) < len(items):
         i, result, error = done.get()
         if error is not None:
             raise error
-        results[i] = result  # type: ignore[assignment]
+        if i < 0:
+            if say is not None:
+                say(str(result))
+        else:
+            results[i] = result  # type: ignore[assignment]
     return [results[i] for i in range(len(items))]
 
 
@@ -238,7 +248,8 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
 
     warnings: list[str] = []
 
-    def one(item: tuple[str, int, bytes]) -> tuple[PackedSegment, str]:
+    def one(item: tuple[str, int, bytes], tell: Callable[[str], None]
+            ) -> tuple[PackedSegment, str]:
         name, count, raw = item
         key = hashlib.sha256(compress.recipe(spec.compression, spec.compression_level).encode()
                              + b"\0" + raw).hexdigest()
@@ -252,13 +263,13 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
             cache.drop(key)
             warnings.append(f"segment cache: the cached {name} segment ({key[:12]}…) was "
                             f"damaged ({bad}); dropped it and compressed the segment again")
-        if progress and len(raw) > 4 << 20:
-            progress(f"compressing {name} ({len(raw) >> 20} MiB, {spec.compression}); "
+        if len(raw) > 4 << 20:
+            tell(f"compressing {name} ({len(raw) >> 20} MiB, {spec.compression}); "
                      "cached for later builds")
         data = compress.compress(raw, spec.compression, spec.compression_level)
         return PackedSegment(name, count, len(raw), data, False), key
 
-    done = in_parallel(one, raws, min(len(raws), os.cpu_count() or 1))
+    done = in_parallel(one, raws, min(len(raws), os.cpu_count() or 1), progress)
     if cache is not None:  # here, not in the threads: an interrupted build writes no half entry
         for segment, key in done:
             if not segment.cached:
