@@ -308,16 +308,17 @@ def test_a_signal_does_not_wait_for_the_compression(host: Path, cache: Path, tmp
     assert not cache.exists() or not any(cache.iterdir())
 
 
-def test_in_parallel_keeps_the_order_and_raises_the_first_error() -> None:
+def test_in_daemon_threads_keeps_the_order_and_raises_the_first_error() -> None:
     said: list[str] = []
 
     def square(n: int, tell: Callable[[str], None]) -> int:
         tell(f"squaring {n}")  # reaches `say` in this thread, not printed by the worker
         return n * n
 
-    assert pack_module.in_parallel(square, range(7), 3, said.append) == [n * n for n in range(7)]
+    squares = pack_module.in_daemon_threads(square, range(7), 3, said.append)
+    assert squares == [n * n for n in range(7)]
     assert sorted(said) == [f"squaring {n}" for n in range(7)]
-    assert pack_module.in_parallel(square, [], 2) == []
+    assert pack_module.in_daemon_threads(square, [], 2) == []
 
     def fail(n: int, tell: Callable[[str], None]) -> int:
         if n == 2:
@@ -325,7 +326,7 @@ def test_in_parallel_keeps_the_order_and_raises_the_first_error() -> None:
         return n
 
     with pytest.raises(BuildError, match="two"):
-        pack_module.in_parallel(fail, range(5), 2)
+        pack_module.in_daemon_threads(fail, range(5), 2)
 
 
 @needs_kernel

@@ -124,8 +124,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def in_parallel(fn: Callable[[T, Callable[[str], None]], R], items: Sequence[T], workers: int,
-                say: Callable[[str], None] | None = None) -> list[R]:
+def in_daemon_threads(fn: Callable[[T, Callable[[str], None]], R], items: Sequence[T],
+                      workers: int, say: Callable[[str], None] | None = None) -> list[R]:
     """fn(item, tell) over items on up to `workers` daemon threads; the results in order, or the
     first exception. The wait is the caller's alone: Ctrl-C (or any signal the caller turns
     into an exception) stops it at once, and a thread still compressing does not hold up the
@@ -269,7 +269,7 @@ def pack(image: Image, *, root: str = "/", early_microcode: bool = True,
         data = compress.compress(raw, spec.compression, spec.compression_level)
         return PackedSegment(name, count, len(raw), data, False), key
 
-    done = in_parallel(one, raws, min(len(raws), os.cpu_count() or 1), progress)
+    done = in_daemon_threads(one, raws, min(len(raws), os.cpu_count() or 1), progress)
     if cache is not None:  # here, not in the threads: an interrupted build writes no half entry
         for segment, key in done:
             if not segment.cached:
