@@ -91,8 +91,8 @@ def _pad4(n: int) -> int:
 
 
 def normalize_name(name: str) -> str:
-    """Strip leading "/" and "./"; reject empty, "..", "." and empty components, NUL and the
-    end marker TRAILER!!!."""
+    """Strip leading "/" and "./"; reject empty, "..", "." and empty components, NUL, the end
+    marker TRAILER!!! and what the kernel cannot unpack (over PATH_MAX or NAME_MAX)."""
     stripped = name
     while stripped.startswith(("/", "./")):
         stripped = stripped[1:] if stripped.startswith("/") else stripped[2:]
@@ -111,6 +111,12 @@ def normalize_name(name: str) -> str:
             f"invalid archive path {name!r}: {TRAILER} marks the end of a cpio archive",
             location="cpio",
         )
+    raw = _encode(stripped)
+    if len(raw) + 1 > PATH_MAX or any(len(p) > NAME_MAX for p in raw.split(b"/")):
+        shown = stripped if len(stripped) <= 60 else stripped[:57] + "..."
+        raise BuildError(f"{shown}: path longer than {PATH_MAX - 1} bytes or with a "
+                         f"component longer than {NAME_MAX} (the kernel would not unpack it)",
+                         location="cpio")
     return stripped
 
 
@@ -148,12 +154,6 @@ def _validate(m: Member, name: str) -> None:
     if ftype == stat.S_IFLNK and (b"\0" in m.data or len(m.data) > PATH_MAX):
         raise BuildError(f"{name}: symlink target longer than {PATH_MAX} bytes or with a NUL "
                          "(the kernel would skip or cut it)", location="cpio")
-    raw = _encode(name)
-    if len(raw) + 1 > PATH_MAX or any(len(p) > NAME_MAX for p in raw.split(b"/")):
-        shown = name if len(name) <= 60 else name[:57] + "..."
-        raise BuildError(f"{shown}: path longer than {PATH_MAX - 1} bytes or with a "
-                         f"component longer than {NAME_MAX} (the kernel would not unpack it)",
-                         location="cpio")
     if len(m.data) > MAX_FIELD:
         raise BuildError(
             f"{name}: file larger than 4 GiB cannot be stored in newc", location="cpio"
